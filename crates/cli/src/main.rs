@@ -1,0 +1,52 @@
+//! `berth`: the command line. Parses arguments into typed requests (clap), hands them to the
+//! library crates, and prints results as text or JSON. No image or guest logic lives here.
+
+mod disk;
+mod output;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+/// berth runs virtual machines and system containers side by side on one Linux host.
+#[derive(Debug, Parser)]
+#[command(name = "berth", version, about, long_about = None, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create, inspect, check, convert and snapshot disk images (qcow2 and raw).
+    #[command(subcommand)]
+    Disk(disk::DiskCommand),
+}
+
+/// Exit status of a command that succeeded but has something to say (check, compare).
+#[derive(Debug)]
+pub struct Status(pub u8);
+
+fn main() -> ExitCode {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("BERTH_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .without_time()
+        .init();
+    let cli = Cli::parse();
+    let (result, error_code): (Result<Status>, u8) = match cli.command {
+        Command::Disk(cmd) => {
+            let code = cmd.error_exit_code();
+            (disk::run(cmd), code)
+        }
+    };
+    match result {
+        Ok(Status(code)) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("berth: error: {e:#}");
+            ExitCode::from(error_code)
+        }
+    }
+}

@@ -1,0 +1,341 @@
+//! `disk convert` and `disk compare`: walk a source chain in large chunks, skip what the
+//! metadata (or the file system's holes) says is zero, and detect zero clusters in the data.
+//! qcow2 destinations go through the streaming writer (compressing on all cores with
+//! `--compress`); raw destinations stay sparse.
+
+use super::{check_overwrite, commit_temp, is_zero, next_data, temp_sibling, Progress, TempGuard};
+use crate::image::{Chain, Format};
+use crate::policy::BackingPolicy;
+use crate::qcow2::writer::{compress_cluster, StreamWriter};
+use crate::{Error, Result};
+use imago::Mapping;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+
+const CHUNK: u64 = 4 << 20;
+
+/// Options for [`convert`].
+#[derive(Debug, Clone)]
+pub struct ConvertOptions {
+    /// Source image.
+    pub src: PathBuf,
+    /// Source format (probed when `None`: the user named this file).
+    pub src_format: Option<Format>,
+    /// Destination.
+    pub dst: PathBuf,
+    /// Destination format.
+    pub dst_format: Format,
+    /// Write compressed qcow2 clusters.
+    pub compress: bool,
+    /// Destination cluster size (qcow2).
+    pub cluster_size: Option<u64>,
+    /// Overwrite an existing destination.
+    pub force: bool,
+}
+
+/// What a conversion did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ConvertStats {
+    /// Virtual size.
+    pub size: u64,
+    /// Bytes of guest data written (not zero).
+    pub data_bytes: u64,
+    /// Clusters stored compressed.
+    pub compressed_clusters: u64,
+}
+
+/// Is `[off, off+len)` known to read as zeroes without reading it?
+fn known_zero(chain: &Chain, raw_file: Option<&std::fs::File>, off: u64, len: u64) -> Result<bool> {
+    if let Some(f) = raw_file {
+        return Ok(match next_data(f, off) {
+            None => true,
+            Some(d) => d >= off + len,
+        });
+    }
+    let mut pos = off;
+    while pos < off + len {
+        let (m, l) = chain
+            .access
+            .get_mapping(pos, off + len - pos)
+            .map_err(Error::io("mapping", chain.path()))?;
+        match m {
+            Mapping::Zero { .. } => {}
+            Mapping::Eof { .. } => return Ok(true),
+            _ => return Ok(false),
+        }
+        if l == 0 {
+            return Ok(false);
+        }
+        pos += l;
+    }
+    Ok(true)
+}
+
+/// A raw, single-layer chain's file, for hole detection.
+fn raw_top(chain: &Chain) -> Option<std::fs::File> {
+    (chain.layers.len() == 1 && chain.layers[0].format == Format::Raw)
+        .then(|| std::fs::File::open(&chain.layers[0].path).ok())
+        .flatten()
+}
+
+/// Convert `o.src` to `o.dst`, flattening any backing chain. The destination appears only when
+/// complete.
+pub fn convert(
+    o: &ConvertOptions,
+    policy: &BackingPolicy,
+    progress: Progress<'_>,
+) -> Result<ConvertStats> {
+    check_overwrite(&o.dst, o.force)?;
+    let src = Chain::open(&o.src, o.src_format, false, policy)?;
+    if let (Ok(a), Ok(b)) = (std::fs::canonicalize(&o.src), std::fs::canonicalize(&o.dst)) {
+        if a == b {
+            return Err(Error::Invalid(format!(
+                "{} is both source and destination",
+                o.src.display()
+            )));
+        }
+    }
+    if o.compress && o.dst_format != Format::Qcow2 {
+        return Err(Error::Invalid(
+            "--compress needs a qcow2 destination".into(),
+        ));
+    }
+    let size = src.size();
+    let cs = o.cluster_size.unwrap_or(65536);
+    if o.dst_format == Format::Qcow2 && (!cs.is_power_of_two() || !(512..=2 << 20).contains(&cs)) {
+        return Err(Error::Invalid(format!(
+            "invalid cluster size {cs}: must be a power of two from 512 to 2M"
+        )));
+    }
+    let bs = if o.dst_format == Format::Qcow2 {
+        cs
+    } else {
+        4096
+    };
+    let chunk = CHUNK.max(bs) / bs * bs;
+    let tmp = temp_sibling(&o.dst);
+    let mut guard = TempGuard(Some(tmp.clone()));
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&tmp)
+        .map_err(Error::io("creating", &tmp))?;
+    let raw = raw_top(&src);
+    let mut stats = ConvertStats {
+        size,
+        ..ConvertStats::default()
+    };
+    let mut writer = match o.dst_format {
+        Format::Qcow2 => Some(
+            StreamWriter::new(
+                file.try_clone().map_err(Error::io("opening", &tmp))?,
+                size,
+                cs.trailing_zeros(),
+            )
+            .map_err(Error::format(&tmp))?,
+        ),
+        Format::Raw => None,
+    };
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .min(8);
+    let mut buf = vec![0u8; chunk as usize];
+    let mut off = 0u64;
+    while off < size {
+        let len = chunk.min(size - off);
+        progress(off, size);
+        if known_zero(&src, raw.as_ref(), off, len)? {
+            off += len;
+            continue;
+        }
+        let data = &mut buf[..len as usize];
+        src.read(data, off)?;
+        let blocks: Vec<(u64, &[u8])> = data
+            .chunks(bs as usize)
+            .enumerate()
+            .map(|(i, b)| (off + i as u64 * bs, b))
+            .filter(|(_, b)| !is_zero(b))
+            .collect();
+        stats.data_bytes += blocks.iter().map(|(_, b)| b.len() as u64).sum::<u64>();
+        match writer.as_mut() {
+            None => write_raw_runs(&file, &blocks, &tmp)?,
+            Some(w) if o.compress => {
+                let per = blocks.len().div_ceil(threads).max(1);
+                let compressed: Vec<Option<Vec<u8>>> = std::thread::scope(|s| {
+                    let handles: Vec<_> = blocks
+                        .chunks(per)
+                        .map(|part| {
+                            s.spawn(move || {
+                                part.iter()
+                                    .map(|(_, b)| compress_one(b, bs as usize))
+                                    .collect::<Vec<_>>()
+                            })
+                        })
+                        .collect();
+                    handles
+                        .into_iter()
+                        .flat_map(|h| h.join().unwrap_or_default())
+                        .collect()
+                });
+                for ((goff, b), c) in blocks.iter().zip(compressed) {
+                    let gc = goff / bs;
+                    match c {
+                        Some(c) => {
+                            w.write_compressed(gc, &c).map_err(Error::format(&tmp))?;
+                            stats.compressed_clusters += 1;
+                        }
+                        None => w.write_data(gc, b).map_err(Error::format(&tmp))?,
+                    }
+                }
+            }
+            Some(w) => {
+                for (goff, b) in &blocks {
+                    w.write_data(goff / bs, b).map_err(Error::format(&tmp))?;
+                }
+            }
+        }
+        off += len;
+    }
+    let file = match writer {
+        Some(w) => w.finish().map_err(Error::format(&tmp))?,
+        None => {
+            file.set_len(size).map_err(Error::io("sizing", &tmp))?;
+            file
+        }
+    };
+    file.sync_all().map_err(Error::io("syncing", &tmp))?;
+    progress(size, size);
+    commit_temp(&tmp, &o.dst)?;
+    guard.0 = None;
+    Ok(stats)
+}
+
+/// A full cluster for compression (the last one is padded with zeroes, as QEMU does).
+fn compress_one(b: &[u8], bs: usize) -> Option<Vec<u8>> {
+    if b.len() == bs {
+        compress_cluster(b)
+    } else {
+        let mut full = b.to_vec();
+        full.resize(bs, 0);
+        compress_cluster(&full)
+    }
+}
+
+/// Write runs of adjacent blocks with one pwrite each.
+fn write_raw_runs(
+    file: &std::fs::File,
+    blocks: &[(u64, &[u8])],
+    path: &std::path::Path,
+) -> Result<()> {
+    let mut i = 0;
+    while i < blocks.len() {
+        let start = blocks[i].0;
+        let mut j = i;
+        let mut end = start + blocks[i].1.len() as u64;
+        while j + 1 < blocks.len() && blocks[j + 1].0 == end {
+            j += 1;
+            end += blocks[j].1.len() as u64;
+        }
+        if i == j {
+            file.write_all_at(blocks[i].1, start)
+                .map_err(Error::io("writing", path))?;
+        } else {
+            let run: Vec<u8> = blocks[i..=j]
+                .iter()
+                .flat_map(|(_, b)| b.iter().copied())
+                .collect();
+            file.write_all_at(&run, start)
+                .map_err(Error::io("writing", path))?;
+        }
+        i = j + 1;
+    }
+    Ok(())
+}
+
+/// Result of [`compare`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CompareOutcome {
+    /// Same guest-visible content.
+    Identical {
+        /// The sizes differ (the larger image's extra part reads as zeroes).
+        size_mismatch: bool,
+    },
+    /// First differing byte offset.
+    Mismatch {
+        /// Offset of the first difference.
+        offset: u64,
+        /// The sizes differ.
+        size_mismatch: bool,
+    },
+}
+
+/// Compare the guest-visible content of two images, as `qemu-img compare` does (a size
+/// difference is allowed when the extra part reads as zeroes, unless `strict`).
+pub fn compare(
+    a: &std::path::Path,
+    fa: Option<Format>,
+    b: &std::path::Path,
+    fb: Option<Format>,
+    strict: bool,
+    policy: &BackingPolicy,
+    progress: Progress<'_>,
+) -> Result<CompareOutcome> {
+    let ca = Chain::open(a, fa, false, policy)?;
+    let cb = Chain::open(b, fb, false, policy)?;
+    let (sa, sb) = (ca.size(), cb.size());
+    let size_mismatch = sa != sb;
+    if strict && size_mismatch {
+        return Ok(CompareOutcome::Mismatch {
+            offset: sa.min(sb),
+            size_mismatch,
+        });
+    }
+    let (ra, rb) = (raw_top(&ca), raw_top(&cb));
+    let total = sa.max(sb);
+    let mut ba = vec![0u8; CHUNK as usize];
+    let mut bb = vec![0u8; CHUNK as usize];
+    let mut off = 0u64;
+    while off < total {
+        progress(off, total);
+        let len = CHUNK.min(total - off);
+        let za = off >= sa || known_zero(&ca, ra.as_ref(), off, len.min(sa - off))?;
+        let zb = off >= sb || known_zero(&cb, rb.as_ref(), off, len.min(sb - off))?;
+        if !(za && zb) {
+            let (xa, xb) = (&mut ba[..len as usize], &mut bb[..len as usize]);
+            if za {
+                xa.fill(0)
+            } else {
+                read_clipped(&ca, xa, off, sa)?
+            }
+            if zb {
+                xb.fill(0)
+            } else {
+                read_clipped(&cb, xb, off, sb)?
+            }
+            if xa != xb {
+                let pos = xa
+                    .iter()
+                    .zip(xb.iter())
+                    .position(|(x, y)| x != y)
+                    .unwrap_or(0);
+                return Ok(CompareOutcome::Mismatch {
+                    offset: off + pos as u64,
+                    size_mismatch,
+                });
+            }
+        }
+        off += len;
+    }
+    progress(total, total);
+    Ok(CompareOutcome::Identical { size_mismatch })
+}
+
+fn read_clipped(c: &Chain, buf: &mut [u8], off: u64, size: u64) -> Result<()> {
+    let n = (size.saturating_sub(off)).min(buf.len() as u64) as usize;
+    c.read(&mut buf[..n], off)?;
+    buf[n..].fill(0);
+    Ok(())
+}

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Install what berth's build, tests and benchmarks need from Debian's packages, and the cargo
+# tools the test suite uses. Idempotent: installs only what is missing. Needs root for apt.
+set -euo pipefail
+
+packages=(
+  qemu-utils      # qemu-img and qemu-io: the reference the disk tests compare against
+  e2fsprogs
+  pkg-config
+)
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "setup: installing ${missing[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# cargo-fuzz for the fuzz targets (built and run briefly by the test suite).
+if ! cargo fuzz --version >/dev/null 2>&1; then
+  echo "setup: installing cargo-fuzz" >&2
+  cargo install cargo-fuzz --locked --quiet
+fi
