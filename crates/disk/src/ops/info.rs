@@ -312,6 +312,6 @@ mod tests {
     #[test]
     fn dates_format_as_utc() {
         assert_eq!(super::fmt_date(0), "1970-01-01 00:00:00");
-        assert_eq!(super::fmt_date(1_795_000_000), "2026-11-18 09:46:40");
+        assert_eq!(super::fmt_date(1_795_000_000), "2026-11-18 11:06:40");
     }
 }

@@ -322,7 +322,10 @@ impl Header {
                     why: format!("must be 1 to {MAX_BACKING_NAME} bytes"),
                 });
             }
-            let end = h.backing_file_offset + u64::from(h.backing_file_size);
+            let end = h
+                .backing_file_offset
+                .checked_add(u64::from(h.backing_file_size))
+                .unwrap_or(u64::MAX);
             if end > cluster_size || end > buf.len() as u64 {
                 return Err(FormatError::Invalid {
                     field: "backing_file_offset",
