@@ -205,13 +205,6 @@ impl Chain {
             .map_err(Error::io("reading", self.path()))
     }
 
-    /// Write `buf` at `offset`.
-    pub fn write(&self, buf: &[u8], offset: u64) -> Result<()> {
-        self.access
-            .write(buf, offset)
-            .map_err(Error::io("writing", self.path()))
-    }
-
     /// Flush caches to the file and the disk.
     pub fn flush(&self) -> Result<()> {
         self.access
@@ -250,4 +243,37 @@ fn open_layer(
             Ok(FormatAccess::new(q))
         }
     }
+}
+
+impl crate::qcow2::safe_write::BackingRead for Chain {
+    fn read_at(&self, buf: &mut [u8], off: u64) -> std::result::Result<(), FormatError> {
+        let size = self.size();
+        let n = size.saturating_sub(off).min(buf.len() as u64) as usize;
+        if n > 0 {
+            self.access
+                .read(&mut buf[..n], off)
+                .map_err(FormatError::io(format!(
+                    "reading backing file {}",
+                    self.path().display()
+                )))?;
+        }
+        buf[n..].fill(0);
+        Ok(())
+    }
+}
+
+/// Open a qcow2 image for crash-safe guest writes, with its backing chain (through the policy)
+/// for partial-cluster copy-on-write.
+pub fn safe_writer(
+    path: &Path,
+    policy: &BackingPolicy,
+) -> Result<crate::qcow2::safe_write::SafeWriter<Chain>> {
+    let layers = walk_chain(path, Format::Qcow2, policy)?;
+    let backing = match layers.get(1) {
+        Some(b) => Some(Chain::open(&b.path, Some(b.format), false, policy)?),
+        None => None,
+    };
+    let q = Qcow2File::open(path, true).map_err(Error::format(path))?;
+    let m = crate::qcow2::refcount::Qcow2Mut::new(q).map_err(Error::format(path))?;
+    Ok(crate::qcow2::safe_write::SafeWriter::new(m, backing))
 }

@@ -175,7 +175,8 @@ pub fn rebase(
     header.serialize().map_err(Error::format(path))?;
     drop(q);
     if !o.unsafe_mode {
-        let top = Chain::open(path, Some(Format::Qcow2), true, policy)?;
+        let top = Chain::open(path, Some(Format::Qcow2), false, policy)?;
+        let mut sink = GuestWriter::open(path, Format::Qcow2, policy)?;
         let new_backing = match (&o.backing, o.backing_format) {
             (Some(name), Some(fmt)) => {
                 let resolved = policy.resolve(path, path, name)?;
@@ -224,12 +225,12 @@ pub fn rebase(
                     _ => new_buf[..n].fill(0),
                 }
                 if old_buf[..n] != new_buf[..n] {
-                    top.write(&old_buf[..n], off)?;
+                    sink.write(&old_buf[..n], off)?;
                 }
                 off += n as u64;
             }
         }
-        top.flush()?;
+        sink.finish()?;
         progress(size, size);
     }
     let q = Qcow2File::open(path, true).map_err(Error::format(path))?;
@@ -242,8 +243,10 @@ pub fn rebase(
 }
 
 /// Merge an overlay into its backing file, then empty the overlay (as `qemu-img commit`).
+/// Both steps are crash safe: the backing file gets its data through the ordered writer, and
+/// the overlay is emptied only afterwards.
 pub fn commit(path: &Path, policy: &BackingPolicy, progress: Progress<'_>) -> Result<()> {
-    let top = Chain::open(path, Some(Format::Qcow2), true, policy)?;
+    let top = Chain::open(path, Some(Format::Qcow2), false, policy)?;
     if top.layers.len() < 2 {
         return Err(Error::Invalid(format!(
             "{} has no backing file to commit into",
@@ -251,14 +254,18 @@ pub fn commit(path: &Path, policy: &BackingPolicy, progress: Progress<'_>) -> Re
         )));
     }
     let base_layer = top.layers[1].clone();
-    let base = Chain::open(&base_layer.path, Some(base_layer.format), true, policy)?;
     let size = top.size();
-    if size > base.size() {
-        base.access
-            .resize_grow(size, PreallocateMode::Zero)
-            .map_err(Error::io("resizing", &base_layer.path))?;
+    if size > base_layer.size {
+        resize(
+            &base_layer.path,
+            Some(base_layer.format),
+            NewSize::Absolute(size),
+            false,
+            policy,
+        )?;
     }
-    let mut buf = vec![0u8; 1 << 20];
+    let mut base = GuestWriter::open(&base_layer.path, base_layer.format, policy)?;
+    let mut buf = vec![0u8; 4 << 20];
     let mut off = 0u64;
     while off < size {
         progress(off, size);
@@ -267,37 +274,34 @@ pub fn commit(path: &Path, policy: &BackingPolicy, progress: Progress<'_>) -> Re
             .get_shallow_mapping(off, (size - off).min(buf.len() as u64))
             .map_err(Error::io("mapping", path))?;
         let len = len.max(1).min(size - off);
-        match m {
+        let allocated = !matches!(
+            m,
             ShallowMapping::Indirect { .. }
-            | ShallowMapping::Zero {
-                explicit: false, ..
-            }
-            | ShallowMapping::Eof { .. } => {}
-            ShallowMapping::Zero { explicit: true, .. } => {
-                base.access
-                    .write_zeroes(off, len)
-                    .map_err(Error::io("writing", &base_layer.path))?;
-            }
-            _ => {
-                let n = len as usize;
-                top.read(&mut buf[..n], off)?;
-                base.write(&buf[..n], off)?;
-            }
+                | ShallowMapping::Zero {
+                    explicit: false,
+                    ..
+                }
+                | ShallowMapping::Eof { .. }
+        );
+        if allocated {
+            let n = len as usize;
+            top.read(&mut buf[..n], off)?;
+            base.write(&buf[..n], off)?;
         }
         off += len;
     }
-    base.flush()?;
-    drop(base);
-    let mut top = top;
-    top.access
-        .discard_to_backing(0, size)
-        .map_err(Error::io("emptying", path))?;
-    top.flush()?;
+    base.finish()?;
+    drop(top);
+    let q = Qcow2File::open(path, true).map_err(Error::format(path))?;
+    let mut m = Qcow2Mut::new(q).map_err(Error::format(path))?;
+    m.empty_active().map_err(Error::format(path))?;
+    m.sync().map_err(Error::format(path))?;
     progress(size, size);
     Ok(())
 }
 
-/// Write `data` at guest `offset`, through the image's format.
+/// Write `data` at guest `offset`, through the image's format. qcow2 writes are crash safe
+/// (see [`crate::qcow2::safe_write`]).
 pub fn write(
     path: &Path,
     format: Option<Format>,
@@ -305,9 +309,13 @@ pub fn write(
     data: &mut dyn std::io::Read,
     policy: &BackingPolicy,
 ) -> Result<u64> {
-    let chain = Chain::open(path, format, true, policy)?;
-    let size = chain.size();
-    let mut buf = vec![0u8; 1 << 20];
+    let format = match format {
+        Some(f) => f,
+        None => probe_format(path)?,
+    };
+    let mut sink = GuestWriter::open(path, format, policy)?;
+    let size = sink.size;
+    let mut buf = vec![0u8; 4 << 20];
     let mut off = offset;
     loop {
         let n = read_full(data, &mut buf).map_err(Error::io("reading input for", path))?;
@@ -320,11 +328,74 @@ pub fn write(
                 path.display()
             )));
         }
-        chain.write(&buf[..n], off)?;
+        sink.write(&buf[..n], off)?;
         off += n as u64;
     }
-    chain.flush()?;
+    sink.finish()?;
     Ok(off - offset)
+}
+
+/// Guest writes into the top of an image: crash-safe qcow2 writer, or plain raw writes.
+pub(crate) struct GuestWriter {
+    path: std::path::PathBuf,
+    size: u64,
+    qcow2: Option<crate::qcow2::safe_write::SafeWriter<Chain>>,
+    raw: Option<std::fs::File>,
+}
+
+impl GuestWriter {
+    pub(crate) fn open(path: &Path, format: Format, policy: &BackingPolicy) -> Result<GuestWriter> {
+        match format {
+            Format::Qcow2 => {
+                let w = crate::image::safe_writer(path, policy)?;
+                let size = Qcow2File::open(path, false)
+                    .map_err(Error::format(path))?
+                    .header
+                    .size;
+                Ok(GuestWriter {
+                    path: path.to_path_buf(),
+                    size,
+                    qcow2: Some(w),
+                    raw: None,
+                })
+            }
+            Format::Raw => {
+                let f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(path)
+                    .map_err(Error::io("opening", path))?;
+                let size = f.metadata().map_err(Error::io("reading", path))?.len();
+                Ok(GuestWriter {
+                    path: path.to_path_buf(),
+                    size,
+                    qcow2: None,
+                    raw: Some(f),
+                })
+            }
+        }
+    }
+
+    pub(crate) fn write(&mut self, data: &[u8], off: u64) -> Result<()> {
+        if let Some(w) = self.qcow2.as_mut() {
+            return w.write(data, off).map_err(Error::format(&self.path));
+        }
+        if let Some(f) = &self.raw {
+            use std::os::unix::fs::FileExt;
+            f.write_all_at(data, off)
+                .map_err(Error::io("writing", &self.path))?;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn finish(mut self) -> Result<()> {
+        if let Some(w) = self.qcow2.as_mut() {
+            return w.sync().map_err(Error::format(&self.path));
+        }
+        if let Some(f) = &self.raw {
+            f.sync_all().map_err(Error::io("syncing", &self.path))?;
+        }
+        Ok(())
+    }
 }
 
 fn read_full(r: &mut dyn std::io::Read, buf: &mut [u8]) -> std::io::Result<usize> {

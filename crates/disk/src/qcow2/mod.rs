@@ -9,6 +9,7 @@ pub mod check;
 pub mod header;
 pub mod meta;
 pub mod refcount;
+pub mod safe_write;
 pub mod snapshot;
 pub mod writer;
 

@@ -285,6 +285,19 @@ impl Qcow2Mut {
         Ok(())
     }
 
+    /// Unmap everything in the active L1 table (the image reads through to its backing file),
+    /// releasing what only it referenced. The L1 table is rewritten before any refcount drops.
+    pub fn empty_active(&mut self) -> Result<(), FormatError> {
+        let len = self.q.l1.len();
+        let old = std::mem::replace(&mut self.q.l1, vec![0; len]);
+        if old.iter().all(|e| e & OFFSET_MASK == 0) {
+            return Ok(());
+        }
+        self.write_at(self.q.header.l1_table_offset, &entries_to_be(&self.q.l1))?;
+        self.update_tree(&old, -1)?;
+        self.flush_refcounts()
+    }
+
     /// Make the COPIED flags of the active L1 and L2 tables say "refcount is exactly one".
     /// Call after refcounts are flushed.
     pub fn fix_copied_flags(&mut self) -> Result<(), FormatError> {
