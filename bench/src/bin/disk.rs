@@ -2,7 +2,8 @@
 //!
 //! Rows: 1 GiB raw with mixed data and holes -> qcow2; that qcow2 -> raw; the same raw ->
 //! compressed qcow2; create + 4 KiB random writes (berth's crash-safe writer in process against
-//! qemu-io running the same writes in one process). Each row is the median of RUNS runs
+//! qemu-io running the same writes in one process). qemu-img convert runs with `-t writeback`
+//! so that, like berth, it flushes its output (its default `unsafe` never does). Each row is the median of RUNS runs
 //! (default 3) and prints berth/qemu-img.
 
 use berth_disk::ops::{self, ConvertOptions, CreateOptions, Preallocation};
@@ -116,7 +117,15 @@ fn main() {
     let ours = time(runs, || convert(&src, &p("b.qcow2"), Format::Qcow2, false));
     let theirs = time(runs, || {
         rm(&p("q.qcow2"));
-        qemu(&["convert", "-O", "qcow2", &s(&src), &s(&p("q.qcow2"))])
+        qemu(&[
+            "convert",
+            "-t",
+            "writeback",
+            "-O",
+            "qcow2",
+            &s(&src),
+            &s(&p("q.qcow2")),
+        ])
     });
     row("convert raw -> qcow2", ours, theirs);
 
@@ -125,14 +134,31 @@ fn main() {
     });
     let theirs = time(runs, || {
         rm(&p("q.raw"));
-        qemu(&["convert", "-O", "raw", &s(&p("q.qcow2")), &s(&p("q.raw"))])
+        qemu(&[
+            "convert",
+            "-t",
+            "writeback",
+            "-O",
+            "raw",
+            &s(&p("q.qcow2")),
+            &s(&p("q.raw")),
+        ])
     });
     row("convert qcow2 -> raw", ours, theirs);
 
     let ours = time(runs, || convert(&src, &p("bc.qcow2"), Format::Qcow2, true));
     let theirs = time(runs, || {
         rm(&p("qc.qcow2"));
-        qemu(&["convert", "-c", "-O", "qcow2", &s(&src), &s(&p("qc.qcow2"))])
+        qemu(&[
+            "convert",
+            "-t",
+            "writeback",
+            "-c",
+            "-O",
+            "qcow2",
+            &s(&src),
+            &s(&p("qc.qcow2")),
+        ])
     });
     row("convert --compress raw -> qcow2", ours, theirs);
 

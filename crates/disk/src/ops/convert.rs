@@ -152,7 +152,13 @@ pub fn convert(
             continue;
         }
         let data = &mut buf[..len as usize];
-        src.read(data, off)?;
+        match &raw {
+            // A plain raw file: read it directly, no format layer in between.
+            Some(f) => f
+                .read_exact_at(data, off)
+                .map_err(Error::io("reading", &o.src))?,
+            None => src.read(data, off)?,
+        }
         let blocks: Vec<(u64, &[u8])> = data
             .chunks(bs as usize)
             .enumerate()
