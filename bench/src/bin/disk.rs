@@ -4,7 +4,7 @@
 //! compressed qcow2; create + 4 KiB random writes (berth's crash-safe writer in process against
 //! qemu-io running the same writes in one process). qemu-img convert runs with `-t writeback`
 //! so that, like berth, it flushes its output (its default `unsafe` never does). Each row is the median of RUNS runs
-//! (default 3) and prints berth/qemu-img.
+//! (default 5, berth and qemu-img alternating, `sync` before each) and prints berth/qemu-img.
 
 use berth_disk::ops::{self, ConvertOptions, CreateOptions, Preallocation};
 use berth_disk::{BackingPolicy, Format};
@@ -19,16 +19,27 @@ fn median(mut v: Vec<Duration>) -> Duration {
     v[v.len() / 2]
 }
 
-fn time(runs: usize, mut f: impl FnMut()) -> Duration {
-    median(
-        (0..runs)
-            .map(|_| {
-                let t = Instant::now();
-                f();
-                t.elapsed()
-            })
-            .collect(),
-    )
+/// Flush dirty pages so one tool's writeback does not land in the other's time.
+fn settle() {
+    let _ = Command::new("sync").status();
+}
+
+/// Time berth and the anchor alternately (so drift in the machine's state hits both alike) and
+/// return both medians.
+fn pair(runs: usize, mut ours: impl FnMut(), mut theirs: impl FnMut()) -> (Duration, Duration) {
+    let mut a = Vec::new();
+    let mut b = Vec::new();
+    for _ in 0..runs {
+        settle();
+        let t = Instant::now();
+        ours();
+        a.push(t.elapsed());
+        settle();
+        let t = Instant::now();
+        theirs();
+        b.push(t.elapsed());
+    }
+    (median(a), median(b))
 }
 
 fn qemu(args: &[&str]) {
@@ -44,7 +55,6 @@ fn rm(p: &Path) {
 }
 
 fn convert(src: &Path, dst: &Path, fmt: Format, compress: bool) {
-    rm(dst);
     ops::convert(
         &ConvertOptions {
             src: src.into(),
@@ -101,68 +111,86 @@ fn main() {
     let runs: usize = std::env::var("RUNS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(3);
+        .unwrap_or(5);
     let dir =
         tempfile::tempdir_in(std::env::var("BENCH_DIR").unwrap_or_else(|_| "/var/tmp".into()))
             .unwrap();
     let p = |n: &str| -> PathBuf { dir.path().join(n) };
+    let s = |p: &Path| p.to_str().unwrap().to_string();
     let src = p("src.raw");
     make_source(&src);
-    let s = |p: &Path| p.to_str().unwrap().to_string();
+    println!("bench/disk: median of {runs} runs per row, berth and qemu-img alternating, sync before each;");
     println!(
-        "bench/disk: {} runs per row (median), 1 GiB source, page cache warm",
-        runs
+        "1 GiB source (1/4 random, 1/4 text, 1/2 holes), page cache warm. berth fsyncs what it"
     );
+    println!("writes, so qemu-img runs with -t writeback to flush too (its default -t unsafe never does).");
 
-    let ours = time(runs, || convert(&src, &p("b.qcow2"), Format::Qcow2, false));
-    let theirs = time(runs, || {
-        rm(&p("q.qcow2"));
-        qemu(&[
-            "convert",
-            "-t",
-            "writeback",
-            "-O",
-            "qcow2",
-            &s(&src),
-            &s(&p("q.qcow2")),
-        ])
-    });
+    // Destinations are removed before every run of either tool.
+    let (ours, theirs) = pair(
+        runs,
+        || {
+            rm(&p("b.qcow2"));
+            convert(&src, &p("b.qcow2"), Format::Qcow2, false)
+        },
+        || {
+            rm(&p("q.qcow2"));
+            qemu(&[
+                "convert",
+                "-t",
+                "writeback",
+                "-O",
+                "qcow2",
+                &s(&src),
+                &s(&p("q.qcow2")),
+            ])
+        },
+    );
     row("convert raw -> qcow2", ours, theirs);
 
-    let ours = time(runs, || {
-        convert(&p("q.qcow2"), &p("b.raw"), Format::Raw, false)
-    });
-    let theirs = time(runs, || {
-        rm(&p("q.raw"));
-        qemu(&[
-            "convert",
-            "-t",
-            "writeback",
-            "-O",
-            "raw",
-            &s(&p("q.qcow2")),
-            &s(&p("q.raw")),
-        ])
-    });
+    let (ours, theirs) = pair(
+        runs,
+        || {
+            rm(&p("b.raw"));
+            convert(&p("q.qcow2"), &p("b.raw"), Format::Raw, false)
+        },
+        || {
+            rm(&p("q.raw"));
+            qemu(&[
+                "convert",
+                "-t",
+                "writeback",
+                "-O",
+                "raw",
+                &s(&p("q.qcow2")),
+                &s(&p("q.raw")),
+            ])
+        },
+    );
     row("convert qcow2 -> raw", ours, theirs);
 
-    let ours = time(runs, || convert(&src, &p("bc.qcow2"), Format::Qcow2, true));
-    let theirs = time(runs, || {
-        rm(&p("qc.qcow2"));
-        qemu(&[
-            "convert",
-            "-t",
-            "writeback",
-            "-c",
-            "-O",
-            "qcow2",
-            &s(&src),
-            &s(&p("qc.qcow2")),
-        ])
-    });
+    let (ours, theirs) = pair(
+        runs,
+        || {
+            rm(&p("bc.qcow2"));
+            convert(&src, &p("bc.qcow2"), Format::Qcow2, true)
+        },
+        || {
+            rm(&p("qc.qcow2"));
+            qemu(&[
+                "convert",
+                "-t",
+                "writeback",
+                "-c",
+                "-O",
+                "qcow2",
+                &s(&src),
+                &s(&p("qc.qcow2")),
+            ])
+        },
+    );
     row("convert --compress raw -> qcow2", ours, theirs);
 
-    // 4096 random 4 KiB writes into a fresh 1 GiB image.
+    // 4096 random 4 KiB writes into a fresh 1 GiB image, each tool in one process.
     let n = 4096u64;
     let mut x = 88172645463325252u64;
     let offsets: Vec<u64> = (0..n)
@@ -173,29 +201,6 @@ fn main() {
             (x % ((1 << 30) / 4096)) * 4096
         })
         .collect();
-    let ours = time(runs, || {
-        let img = p("bw.qcow2");
-        ops::create(
-            &CreateOptions {
-                path: img.clone(),
-                format: Format::Qcow2,
-                size: Some(1 << 30),
-                backing: None,
-                backing_format: None,
-                preallocation: Preallocation::Off,
-                cluster_size: None,
-                force: true,
-            },
-            &BackingPolicy::default(),
-        )
-        .unwrap();
-        let mut w = berth_disk::image::safe_writer(&img, &BackingPolicy::default()).unwrap();
-        let buf = vec![0x5au8; 4096];
-        for &o in &offsets {
-            w.write(&buf, o).unwrap();
-        }
-        w.sync().unwrap();
-    });
     let script = p("cmds");
     let mut f = std::fs::File::create(&script).unwrap();
     for &o in &offsets {
@@ -203,18 +208,42 @@ fn main() {
     }
     writeln!(f, "flush").unwrap();
     drop(f);
-    let theirs = time(runs, || {
-        let img = p("qw.qcow2");
-        rm(&img);
-        qemu(&["create", "-q", "-f", "qcow2", &s(&img), "1G"]);
-        let st = Command::new("qemu-io")
-            .args(["-f", "qcow2", &s(&img)])
-            .stdin(std::fs::File::open(&script).unwrap())
-            .stdout(std::process::Stdio::null())
-            .status()
-            .unwrap();
-        assert!(st.success());
-    });
+    let (ours, theirs) = pair(
+        runs,
+        || {
+            let img = p("bw.qcow2");
+            rm(&img);
+            let o = CreateOptions {
+                path: img.clone(),
+                format: Format::Qcow2,
+                size: Some(1 << 30),
+                backing: None,
+                backing_format: None,
+                preallocation: Preallocation::Off,
+                cluster_size: None,
+                force: false,
+            };
+            ops::create(&o, &BackingPolicy::default()).unwrap();
+            let mut w = berth_disk::image::safe_writer(&img, &BackingPolicy::default()).unwrap();
+            let buf = vec![0x5au8; 4096];
+            for &o in &offsets {
+                w.write(&buf, o).unwrap();
+            }
+            w.sync().unwrap();
+        },
+        || {
+            let img = p("qw.qcow2");
+            rm(&img);
+            qemu(&["create", "-q", "-f", "qcow2", &s(&img), "1G"]);
+            let st = Command::new("qemu-io")
+                .args(["-f", "qcow2", "-t", "writeback", &s(&img)])
+                .stdin(std::fs::File::open(&script).unwrap())
+                .stdout(std::process::Stdio::null())
+                .status()
+                .unwrap();
+            assert!(st.success());
+        },
+    );
     row("create + 4096 random 4 KiB writes", ours, theirs);
     let same = Command::new("qemu-img")
         .args(["compare", &s(&p("bw.qcow2")), &s(&p("qw.qcow2"))])

@@ -6,7 +6,7 @@
 use super::{check_overwrite, commit_temp, is_zero, next_data, temp_sibling, Progress, TempGuard};
 use crate::image::{Chain, Format};
 use crate::policy::BackingPolicy;
-use crate::qcow2::writer::{compress_cluster, StreamWriter};
+use crate::qcow2::writer::{compress_cluster, pwrite_all_vectored, StreamWriter};
 use crate::{Error, Result};
 use imago::Mapping;
 use std::os::unix::fs::FileExt;
@@ -142,69 +142,98 @@ pub fn convert(
         .map(|n| n.get())
         .unwrap_or(1)
         .min(8);
-    let mut buf = vec![0u8; chunk as usize];
-    let mut off = 0u64;
-    while off < size {
-        let len = chunk.min(size - off);
-        progress(off, size);
-        if known_zero(&src, raw.as_ref(), off, len)? {
-            off += len;
-            continue;
-        }
-        let data = &mut buf[..len as usize];
-        match &raw {
-            // A plain raw file: read it directly, no format layer in between.
-            Some(f) => f
-                .read_exact_at(data, off)
-                .map_err(Error::io("reading", &o.src))?,
-            None => src.read(data, off)?,
-        }
-        let blocks: Vec<(u64, &[u8])> = data
-            .chunks(bs as usize)
-            .enumerate()
-            .map(|(i, b)| (off + i as u64 * bs, b))
-            .filter(|(_, b)| !is_zero(b))
-            .collect();
-        stats.data_bytes += blocks.iter().map(|(_, b)| b.len() as u64).sum::<u64>();
-        match writer.as_mut() {
-            None => write_raw_runs(&file, &blocks, &tmp)?,
-            Some(w) if o.compress => {
-                let per = blocks.len().div_ceil(threads).max(1);
-                let compressed: Vec<Option<Vec<u8>>> = std::thread::scope(|s| {
-                    let handles: Vec<_> = blocks
-                        .chunks(per)
-                        .map(|part| {
-                            s.spawn(move || {
-                                part.iter()
-                                    .map(|(_, b)| compress_one(b, bs as usize))
-                                    .collect::<Vec<_>>()
+    // A reader thread fills chunks while this thread detects zeroes, compresses and writes;
+    // buffers go round between the two so nothing is allocated per chunk.
+    let (full_tx, full_rx) = std::sync::mpsc::sync_channel::<Result<(u64, Vec<u8>)>>(2);
+    let (empty_tx, empty_rx) = std::sync::mpsc::channel::<Vec<u8>>();
+    for _ in 0..3 {
+        let _ = empty_tx.send(vec![0u8; chunk as usize]);
+    }
+    std::thread::scope(|scope| -> Result<()> {
+        let src = &src;
+        let raw = raw.as_ref();
+        let src_path = &o.src;
+        scope.spawn(move || {
+            let mut off = 0u64;
+            while off < size {
+                let len = chunk.min(size - off);
+                let item = (|| -> Result<Option<(u64, Vec<u8>)>> {
+                    if known_zero(src, raw, off, len)? {
+                        return Ok(None);
+                    }
+                    let Ok(mut buf) = empty_rx.recv() else {
+                        return Ok(None);
+                    };
+                    buf.resize(len as usize, 0);
+                    match raw {
+                        // A plain raw file: read it directly, no format layer in between.
+                        Some(f) => f
+                            .read_exact_at(&mut buf, off)
+                            .map_err(Error::io("reading", src_path))?,
+                        None => src.read(&mut buf, off)?,
+                    }
+                    Ok(Some((off, buf)))
+                })();
+                let stop = item.is_err();
+                let sent = match item {
+                    Ok(None) => Ok(()),
+                    Ok(Some(x)) => full_tx.send(Ok(x)),
+                    Err(e) => full_tx.send(Err(e)),
+                };
+                if stop || sent.is_err() {
+                    return;
+                }
+                off += len;
+            }
+        });
+        for item in full_rx {
+            let (off, data) = item?;
+            progress(off, size);
+            let blocks: Vec<(u64, &[u8])> = data
+                .chunks(bs as usize)
+                .enumerate()
+                .map(|(i, b)| (off + i as u64 * bs, b))
+                .filter(|(_, b)| !is_zero(b))
+                .collect();
+            stats.data_bytes += blocks.iter().map(|(_, b)| b.len() as u64).sum::<u64>();
+            match writer.as_mut() {
+                None => write_raw_runs(&file, &blocks, &tmp)?,
+                Some(w) if o.compress => {
+                    let per = blocks.len().div_ceil(threads).max(1);
+                    let compressed: Vec<Option<Vec<u8>>> = std::thread::scope(|s| {
+                        let handles: Vec<_> = blocks
+                            .chunks(per)
+                            .map(|part| {
+                                s.spawn(move || {
+                                    part.iter()
+                                        .map(|(_, b)| compress_one(b, bs as usize))
+                                        .collect::<Vec<_>>()
+                                })
                             })
-                        })
-                        .collect();
-                    handles
-                        .into_iter()
-                        .flat_map(|h| h.join().unwrap_or_default())
-                        .collect()
-                });
-                for ((goff, b), c) in blocks.iter().zip(compressed) {
-                    let gc = goff / bs;
-                    match c {
-                        Some(c) => {
-                            w.write_compressed(gc, &c).map_err(Error::format(&tmp))?;
-                            stats.compressed_clusters += 1;
+                            .collect();
+                        handles
+                            .into_iter()
+                            .flat_map(|h| h.join().unwrap_or_default())
+                            .collect()
+                    });
+                    for ((goff, b), c) in blocks.iter().zip(compressed) {
+                        let gc = goff / bs;
+                        match c {
+                            Some(c) => {
+                                w.write_compressed(gc, &c).map_err(Error::format(&tmp))?;
+                                stats.compressed_clusters += 1;
+                            }
+                            None => w.write_data(gc, b).map_err(Error::format(&tmp))?,
                         }
-                        None => w.write_data(gc, b).map_err(Error::format(&tmp))?,
                     }
                 }
+                Some(w) => w.write_run(&blocks).map_err(Error::format(&tmp))?,
             }
-            Some(w) => {
-                for (goff, b) in &blocks {
-                    w.write_data(goff / bs, b).map_err(Error::format(&tmp))?;
-                }
-            }
+            drop(blocks);
+            let _ = empty_tx.send(data);
         }
-        off += len;
-    }
+        Ok(())
+    })?;
     let file = match writer {
         Some(w) => w.finish().map_err(Error::format(&tmp))?,
         None => {
@@ -230,7 +259,7 @@ fn compress_one(b: &[u8], bs: usize) -> Option<Vec<u8>> {
     }
 }
 
-/// Write runs of adjacent blocks with one pwrite each.
+/// Write runs of adjacent blocks with one vectored write each.
 fn write_raw_runs(
     file: &std::fs::File,
     blocks: &[(u64, &[u8])],
@@ -238,24 +267,15 @@ fn write_raw_runs(
 ) -> Result<()> {
     let mut i = 0;
     while i < blocks.len() {
-        let start = blocks[i].0;
         let mut j = i;
-        let mut end = start + blocks[i].1.len() as u64;
-        while j + 1 < blocks.len() && blocks[j + 1].0 == end {
+        while j + 1 < blocks.len()
+            && j + 1 - i < 1024
+            && blocks[j + 1].0 == blocks[j].0 + blocks[j].1.len() as u64
+        {
             j += 1;
-            end += blocks[j].1.len() as u64;
         }
-        if i == j {
-            file.write_all_at(blocks[i].1, start)
-                .map_err(Error::io("writing", path))?;
-        } else {
-            let run: Vec<u8> = blocks[i..=j]
-                .iter()
-                .flat_map(|(_, b)| b.iter().copied())
-                .collect();
-            file.write_all_at(&run, start)
-                .map_err(Error::io("writing", path))?;
-        }
+        let parts: Vec<&[u8]> = blocks[i..=j].iter().map(|(_, b)| *b).collect();
+        pwrite_all_vectored(file, &parts, blocks[i].0).map_err(Error::io("writing", path))?;
         i = j + 1;
     }
     Ok(())

@@ -138,6 +138,45 @@ impl StreamWriter {
         Ok(())
     }
 
+    /// Store `(guest offset, one cluster of data)` pairs uncompressed. Runs of whole clusters
+    /// go to the file with one write each, without passing through the batch buffer.
+    pub fn write_run(&mut self, blocks: &[(u64, &[u8])]) -> Result<(), FormatError> {
+        let cs = self.cs();
+        let mut i = 0;
+        while i < blocks.len() {
+            if blocks[i].1.len() as u64 != cs {
+                self.write_data(blocks[i].0 / cs, blocks[i].1)?;
+                i += 1;
+                continue;
+            }
+            self.align_tail()?;
+            self.flush_buf()?;
+            let host = self.tail;
+            // Adjacent whole clusters in guest order land adjacently on the host.
+            let mut j = i;
+            while j + 1 < blocks.len()
+                && j + 1 - i < 1024
+                && blocks[j + 1].0 == blocks[j].0 + cs
+                && blocks[j + 1].1.len() as u64 == cs
+            {
+                j += 1;
+            }
+            let len = (j - i + 1) * cs as usize;
+            for (k, (goff, _)) in blocks[i..=j].iter().enumerate() {
+                self.check_gc(goff / cs)?;
+                self.add_ref(host / cs + k as u64);
+                *self.entry_slot(goff / cs) = (host + k as u64 * cs) | OFLAG_COPIED;
+            }
+            let parts: Vec<&[u8]> = blocks[i..=j].iter().map(|(_, b)| *b).collect();
+            pwrite_all_vectored(&self.file, &parts, host)
+                .map_err(FormatError::io("writing image data"))?;
+            self.tail = host + len as u64;
+            self.buf_off = self.tail;
+            i = j + 1;
+        }
+        Ok(())
+    }
+
     /// Store guest cluster `gc` as compressed bytes from [`compress_cluster`].
     pub fn write_compressed(&mut self, gc: u64, compressed: &[u8]) -> Result<(), FormatError> {
         self.check_gc(gc)?;
@@ -249,6 +288,35 @@ impl StreamWriter {
             .map_err(FormatError::io("writing the header"))?;
         Ok(self.file)
     }
+}
+
+/// Write `parts` back to back at `offset` with as few `pwritev` calls as the kernel allows.
+pub(crate) fn pwrite_all_vectored(
+    file: &File,
+    parts: &[&[u8]],
+    offset: u64,
+) -> std::io::Result<()> {
+    let total: usize = parts.iter().map(|p| p.len()).sum();
+    let mut written = 0usize;
+    while written < total {
+        // The parts from byte `written` on.
+        let mut skip = written;
+        let mut slices = Vec::with_capacity(parts.len());
+        for p in parts {
+            if skip >= p.len() {
+                skip -= p.len();
+                continue;
+            }
+            slices.push(std::io::IoSlice::new(&p[skip..]));
+            skip = 0;
+        }
+        let n = rustix::io::pwritev(file, &slices, offset + written as u64)?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        written += n;
+    }
+    Ok(())
 }
 
 /// A version 3 header as berth writes it.
