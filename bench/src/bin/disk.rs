@@ -6,7 +6,7 @@
 //! so that, like berth, it flushes its output (its default `unsafe` never does). Each row is the median of RUNS runs
 //! (default 5, berth and qemu-img alternating, `sync` before each) and prints berth/qemu-img.
 
-use berth_disk::ops::{self, ConvertOptions, CreateOptions, Preallocation};
+use berth_disk::ops::{self, ConvertOptions, CreateOptions};
 use berth_disk::{BackingPolicy, Format};
 use std::io::Write;
 use std::os::unix::fs::FileExt;
@@ -57,13 +57,9 @@ fn rm(p: &Path) {
 fn convert(src: &Path, dst: &Path, fmt: Format, compress: bool) {
     ops::convert(
         &ConvertOptions {
-            src: src.into(),
-            src_format: None,
-            dst: dst.into(),
-            dst_format: fmt,
             compress,
-            cluster_size: None,
             force: true,
+            ..ConvertOptions::new(src, dst, fmt)
         },
         &BackingPolicy::default(),
         &mut |_, _| {},
@@ -213,16 +209,7 @@ fn main() {
         || {
             let img = p("bw.qcow2");
             rm(&img);
-            let o = CreateOptions {
-                path: img.clone(),
-                format: Format::Qcow2,
-                size: Some(1 << 30),
-                backing: None,
-                backing_format: None,
-                preallocation: Preallocation::Off,
-                cluster_size: None,
-                force: false,
-            };
+            let o = CreateOptions::new(img.clone(), Format::Qcow2, Some(1 << 30));
             ops::create(&o, &BackingPolicy::default()).unwrap();
             let mut w = berth_disk::image::safe_writer(&img, &BackingPolicy::default()).unwrap();
             let buf = vec![0x5au8; 4096];

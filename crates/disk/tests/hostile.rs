@@ -187,15 +187,7 @@ fn backing_files_outside_allowed_folders_are_refused() {
         assert!(msg.contains(want) && msg.contains(shown), "{name}: {msg}");
         assert!(ops::info(&img, None, true, &policy()).is_err());
         let err = ops::convert(
-            &ConvertOptions {
-                src: img.clone(),
-                src_format: None,
-                dst: d.p(&format!("{name}.out")),
-                dst_format: Format::Raw,
-                compress: false,
-                cluster_size: None,
-                force: false,
-            },
+            &ConvertOptions::new(img.clone(), d.p(&format!("{name}.out")), Format::Raw),
             &policy(),
             &mut |_, _| {},
         )
@@ -313,15 +305,7 @@ fn hostile_compressed_entries_fail_cleanly() {
     );
     let out = d.p("out.raw");
     let res = ops::convert(
-        &ConvertOptions {
-            src: img.clone(),
-            src_format: None,
-            dst: out.clone(),
-            dst_format: Format::Raw,
-            compress: false,
-            cluster_size: None,
-            force: false,
-        },
+        &ConvertOptions::new(img.clone(), out.clone(), Format::Raw),
         &policy(),
         &mut |_, _| {},
     );

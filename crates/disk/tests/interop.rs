@@ -14,13 +14,8 @@ use std::path::Path;
 fn berth_convert(src: &Path, dst: &Path, fmt: Format, compress: bool) -> ops::ConvertStats {
     ops::convert(
         &ConvertOptions {
-            src: src.to_path_buf(),
-            src_format: None,
-            dst: dst.to_path_buf(),
-            dst_format: fmt,
             compress,
-            cluster_size: None,
-            force: false,
+            ..ConvertOptions::new(src, dst, fmt)
         },
         &policy(),
         &mut |_, _| {},
@@ -281,16 +276,7 @@ fn berth_qcow2_is_thin_and_grows_with_data() {
     let d = Dir::new();
     let img = d.p("thin.qcow2");
     let size = ops::create(
-        &CreateOptions {
-            path: img.clone(),
-            format: Format::Qcow2,
-            size: Some(10 << 30),
-            backing: None,
-            backing_format: None,
-            preallocation: Preallocation::Off,
-            cluster_size: None,
-            force: false,
-        },
+        &CreateOptions::new(img.clone(), Format::Qcow2, Some(10 << 30)),
         &policy(),
     )
     .unwrap();
@@ -333,14 +319,9 @@ fn berth_creates_every_preallocation_and_cluster_size_qemu_accepts() {
         let img = d.p(&format!("p-{fmt}-{pre:?}-{cs:?}"));
         ops::create(
             &CreateOptions {
-                path: img.clone(),
-                format: fmt,
-                size: Some(32 << 20),
-                backing: None,
-                backing_format: None,
                 preallocation: pre,
                 cluster_size: cs,
-                force: false,
+                ..CreateOptions::new(img.clone(), fmt, Some(32 << 20))
             },
             &policy(),
         )
@@ -403,15 +384,7 @@ fn berth_convert_round_trips_with_compression_and_stays_sparse() {
     assert!(used < 8 << 20, "raw output uses {used} bytes");
     // Destination exists: refused without force, nothing touched.
     let err = ops::convert(
-        &ConvertOptions {
-            src: raw.clone(),
-            src_format: None,
-            dst: back.clone(),
-            dst_format: Format::Raw,
-            compress: false,
-            cluster_size: None,
-            force: false,
-        },
+        &ConvertOptions::new(raw.clone(), back.clone(), Format::Raw),
         &policy(),
         &mut |_, _| {},
     )
@@ -425,16 +398,7 @@ fn resize_grows_and_shrinks_only_without_data_loss() {
     for fmt in [Format::Qcow2, Format::Raw] {
         let img = d.p(&format!("r.{fmt}"));
         ops::create(
-            &CreateOptions {
-                path: img.clone(),
-                format: fmt,
-                size: Some(64 << 20),
-                backing: None,
-                backing_format: None,
-                preallocation: Preallocation::Off,
-                cluster_size: None,
-                force: false,
-            },
+            &CreateOptions::new(img.clone(), fmt, Some(64 << 20)),
             &policy(),
         )
         .unwrap();
@@ -475,14 +439,9 @@ fn rebase_keeps_content_and_commit_merges_into_the_backing_file() {
     qemu_io(&b, "qcow2", &["write -P 1 0 1M", "write -P 9 1M 1M"]);
     ops::create(
         &CreateOptions {
-            path: top.clone(),
-            format: Format::Qcow2,
-            size: None,
             backing: Some("a.qcow2".into()),
             backing_format: Some(Format::Qcow2),
-            preallocation: Preallocation::Off,
-            cluster_size: None,
-            force: false,
+            ..CreateOptions::new(top.clone(), Format::Qcow2, None)
         },
         &policy(),
     )

@@ -33,6 +33,26 @@ pub struct ConvertOptions {
     pub force: bool,
 }
 
+impl ConvertOptions {
+    /// Convert `src` (format probed) to `dst` in `dst_format`, uncompressed, default cluster
+    /// size, refusing to overwrite; change fields for the rest.
+    pub fn new(
+        src: impl Into<PathBuf>,
+        dst: impl Into<PathBuf>,
+        dst_format: Format,
+    ) -> ConvertOptions {
+        ConvertOptions {
+            src: src.into(),
+            src_format: None,
+            dst: dst.into(),
+            dst_format,
+            compress: false,
+            cluster_size: None,
+            force: false,
+        }
+    }
+}
+
 /// What a conversion did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ConvertStats {

@@ -62,6 +62,23 @@ pub struct CreateOptions {
     pub force: bool,
 }
 
+impl CreateOptions {
+    /// A thin image (or sparse raw file) of `size` bytes at `path`, default cluster size, no
+    /// backing file; change fields for the rest.
+    pub fn new(path: impl Into<PathBuf>, format: Format, size: Option<u64>) -> CreateOptions {
+        CreateOptions {
+            path: path.into(),
+            format,
+            size,
+            backing: None,
+            backing_format: None,
+            preallocation: Preallocation::Off,
+            cluster_size: None,
+            force: false,
+        }
+    }
+}
+
 /// Create an image. The file appears complete or not at all.
 pub fn create(o: &CreateOptions, policy: &BackingPolicy) -> Result<u64> {
     check_overwrite(&o.path, o.force)?;

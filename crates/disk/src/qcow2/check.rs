@@ -211,12 +211,12 @@ impl Counter<'_> {
 /// returned report then describes the image after repair.
 pub fn check(q: Qcow2File, filename: &str, repair: Repair) -> Result<CheckReport, FormatError> {
     let first = count(&q, filename)?;
-    if repair == Repair::None || (first.leaks == 0 && first.corruptions == 0) {
-        return Ok(first.report_only());
+    if repair == Repair::None || (first.report.leaks == 0 && first.report.corruptions == 0) {
+        return Ok(first.report);
     }
     let mut m = Qcow2Mut::new_for_repair(q);
     let (leaks_fixed, corruptions_fixed) = apply_repair(&mut m, &first, repair)?;
-    let mut again = count(&m.q, filename)?.report_only();
+    let mut again = count(&m.q, filename)?.report;
     again.leaks_fixed = leaks_fixed;
     again.corruptions_fixed = corruptions_fixed;
     let mut messages = first.report.messages;
@@ -225,30 +225,13 @@ pub fn check(q: Qcow2File, filename: &str, repair: Repair) -> Result<CheckReport
     Ok(again)
 }
 
-/// Counted references plus the report built from them.
+/// The report, plus what repair needs: clusters whose stored refcount differs from the
+/// references counted, and how many COPIED flags are wrong.
 struct Counted {
     report: CheckReport,
-    refs: Vec<u32>,
     /// (cluster, stored, referenced) where they differ.
     mismatches: Vec<(u64, u64, u64)>,
     copied_wrong: u64,
-}
-
-impl Counted {
-    fn report_only(self) -> CheckReport {
-        self.report
-    }
-    #[allow(dead_code)]
-    fn refs(&self) -> &[u32] {
-        &self.refs
-    }
-}
-
-impl std::ops::Deref for Counted {
-    type Target = CheckReport;
-    fn deref(&self) -> &CheckReport {
-        &self.report
-    }
 }
 
 fn count(q: &Qcow2File, filename: &str) -> Result<Counted, FormatError> {
@@ -369,7 +352,6 @@ fn count(q: &Qcow2File, filename: &str) -> Result<Counted, FormatError> {
     c.report.image_end_offset = highest * cs;
     Ok(Counted {
         report: c.report,
-        refs: c.refs,
         mismatches,
         copied_wrong,
     })

@@ -239,7 +239,7 @@ impl Qcow2File {
                 ),
             });
         }
-        if off == 0 || off < cs {
+        if off < cs {
             return Err(FormatError::Corrupt {
                 what: what.into(),
                 why: "points into the header cluster".into(),
