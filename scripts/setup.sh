@@ -5,7 +5,8 @@ set -euo pipefail
 
 packages=(
   qemu-utils      # qemu-img and qemu-io: the reference the disk tests compare against
-  e2fsprogs
+  e2fsprogs       # mkfs.ext4 -d: ext4 images without mounting
+  openssh-client  # ssh-keygen: the reference for the key tests
   pkg-config
 )
 

@@ -2,6 +2,8 @@
 //! library crates, and prints results as text or JSON. No image or guest logic lives here.
 
 mod disk;
+mod key;
+mod machine_id;
 mod output;
 
 use anyhow::Result;
@@ -21,6 +23,12 @@ enum Command {
     /// Create, inspect, check, convert and snapshot disk images (qcow2 and raw).
     #[command(subcommand)]
     Disk(disk::DiskCommand),
+    /// SSH key pairs for guests, and authorized_keys edits (as ssh-keygen and ssh-copy-id).
+    #[command(subcommand)]
+    Key(key::KeyCommand),
+    /// systemd/D-Bus machine-ids: new, validate, read from a tree or image, ensure, audit.
+    #[command(subcommand, name = "machine-id")]
+    MachineId(machine_id::MachineIdCommand),
 }
 
 /// Exit status of a command that succeeded but has something to say (check, compare).
@@ -41,6 +49,8 @@ fn main() -> ExitCode {
             let code = cmd.error_exit_code();
             (disk::run(cmd), code)
         }
+        Command::Key(cmd) => (key::run(cmd), 1),
+        Command::MachineId(cmd) => (machine_id::run(cmd), 1),
     };
     match result {
         Ok(Status(code)) => ExitCode::from(code),

@@ -1,4 +1,6 @@
-//! berth's orchestrator. For now it knows where berth keeps its state and images; instances,
-//! the image store and the state database come with the VM and container work.
+//! berth's orchestrator: where berth keeps its state and images, and the host-wide views built
+//! on the state database (the machine-id registry and its audit). Instances and the image store
+//! come with the VM and container work. The only user of `berth-state`.
 
 pub mod dirs;
+pub mod machine_ids;
