@@ -7,6 +7,11 @@ packages=(
   qemu-utils      # qemu-img and qemu-io: the reference the disk tests compare against
   e2fsprogs       # mkfs.ext4 -d: ext4 images without mounting
   openssh-client  # ssh-keygen: the reference for the key tests
+  cloud-init      # cloud-init schema: the reference for berth seed validate
+  xorriso         # reads seed ISOs back
+  mtools          # reads VFAT seeds back (mcopy)
+  dosfstools
+  tzdata          # time zone names for cloud-config checks
   pkg-config
 )
 

@@ -5,6 +5,7 @@ mod disk;
 mod key;
 mod machine_id;
 mod output;
+mod seed;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -23,6 +24,9 @@ enum Command {
     /// Create, inspect, check, convert and snapshot disk images (qcow2 and raw).
     #[command(subcommand)]
     Disk(disk::DiskCommand),
+    /// cloud-init NoCloud seeds and user-data validation.
+    #[command(subcommand)]
+    Seed(seed::SeedCommand),
     /// SSH key pairs for guests, and authorized_keys edits (as ssh-keygen and ssh-copy-id).
     #[command(subcommand)]
     Key(key::KeyCommand),
@@ -50,6 +54,7 @@ fn main() -> ExitCode {
             (disk::run(cmd), code)
         }
         Command::Key(cmd) => (key::run(cmd), 1),
+        Command::Seed(cmd) => (seed::run(cmd), 2),
         Command::MachineId(cmd) => (machine_id::run(cmd), 1),
     };
     match result {

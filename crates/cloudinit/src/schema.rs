@@ -167,7 +167,7 @@ fn deprecations(
                             .and_then(Value::as_str)
                             .unwrap_or("deprecated")
                             .replace("``", "");
-                        out.push((child.clone(), why));
+                        out.push((child.clone(), format!("deprecated: {why}")));
                     }
                     deprecations(v, ps, &child, out, depth + 1);
                 }
