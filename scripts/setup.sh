@@ -12,6 +12,11 @@ packages=(
   mtools          # reads VFAT seeds back (mcopy)
   dosfstools
   tzdata          # time zone names for cloud-config checks
+  qemu-system-x86 # the VMs themselves, and the accelerator probe
+  qemu-system-data
+  seabios
+  ipxe-qemu
+  debootstrap     # builds the Debian guest images
   pkg-config
 )
 

@@ -2,6 +2,7 @@
 //! library crates, and prints results as text or JSON. No image or guest logic lives here.
 
 mod disk;
+mod host;
 mod key;
 mod machine_id;
 mod output;
@@ -24,6 +25,9 @@ enum Command {
     /// Create, inspect, check, convert and snapshot disk images (qcow2 and raw).
     #[command(subcommand)]
     Disk(disk::DiskCommand),
+    /// What this host offers for VMs, and the accelerator berth will use.
+    #[command(subcommand)]
+    Host(host::HostCommand),
     /// cloud-init NoCloud seeds and user-data validation.
     #[command(subcommand)]
     Seed(seed::SeedCommand),
@@ -54,6 +58,7 @@ fn main() -> ExitCode {
             (disk::run(cmd), code)
         }
         Command::Key(cmd) => (key::run(cmd), 1),
+        Command::Host(cmd) => (host::run(cmd), 1),
         Command::Seed(cmd) => (seed::run(cmd), 2),
         Command::MachineId(cmd) => (machine_id::run(cmd), 1),
     };
