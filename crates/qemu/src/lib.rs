@@ -6,3 +6,4 @@
 
 pub mod host;
 pub mod probe;
+pub mod vm;

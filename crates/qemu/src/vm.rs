@@ -1,0 +1,383 @@
+//! A VM's specification and its QEMU command line (pure: no I/O, no QEMU needed to test).
+//!
+//! Three guest kinds, as in the mission:
+//! - `full`: emulated hardware only (i440fx `pc`, IDE disk and CD, e1000 NIC), so the guest
+//!   needs no virtio drivers;
+//! - `hybrid`: `q35` with virtio disk and network, for an unmodified OS with guest drivers;
+//! - `paravirt`: QEMU's minimal `microvm` machine, virtio-mmio only, no firmware option ROMs,
+//!   direct kernel boot: the fastest.
+//!
+//! QEMU daemonizes itself (it outlives `berth`), writes a pidfile, serves QMP and the serial
+//! console on unix sockets, and logs the console to a file.
+
+use crate::host::Accel;
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+/// Guest kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    /// Emulated hardware, no guest drivers.
+    Full,
+    /// q35 + virtio.
+    #[default]
+    Hybrid,
+    /// microvm, virtio-mmio, direct kernel boot.
+    Paravirt,
+}
+
+impl std::fmt::Display for Kind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Kind::Full => "full",
+            Kind::Hybrid => "hybrid",
+            Kind::Paravirt => "paravirt",
+        })
+    }
+}
+
+impl std::str::FromStr for Kind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Kind, String> {
+        match s {
+            "full" => Ok(Kind::Full),
+            "hybrid" => Ok(Kind::Hybrid),
+            "paravirt" => Ok(Kind::Paravirt),
+            other => Err(format!(
+                "unknown guest kind {other:?} (full, hybrid or paravirt)"
+            )),
+        }
+    }
+}
+
+/// A port forward from the host's loopback to the guest (user-mode NAT).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Forward {
+    /// Host port on 127.0.0.1.
+    pub host: u16,
+    /// Guest port.
+    pub guest: u16,
+}
+
+/// Everything QEMU needs to run one guest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmSpec {
+    /// Instance name.
+    pub name: String,
+    /// Guest kind.
+    pub kind: Kind,
+    /// Accelerator.
+    pub accel: Accel,
+    /// vCPUs.
+    pub cpus: u32,
+    /// Memory in MiB.
+    pub memory_mib: u64,
+    /// The guest's disk (qcow2).
+    pub disk: PathBuf,
+    /// Disk cache mode (`writeback` normally; `unsafe` for throwaway test guests).
+    pub disk_cache: String,
+    /// The NoCloud seed (ISO), read-only.
+    pub seed: Option<PathBuf>,
+    /// Kernel for direct boot.
+    pub kernel: PathBuf,
+    /// Its initrd.
+    pub initrd: Option<PathBuf>,
+    /// Kernel command line.
+    pub cmdline: String,
+    /// SMBIOS system UUID (pc and q35).
+    pub smbios_uuid: Option<String>,
+    /// Port forwards (SSH's first).
+    pub forwards: Vec<Forward>,
+    /// QMP socket.
+    pub qmp_socket: PathBuf,
+    /// Serial console socket.
+    pub console_socket: PathBuf,
+    /// Serial console log.
+    pub console_log: PathBuf,
+    /// Pidfile.
+    pub pidfile: PathBuf,
+}
+
+/// The machine-id as a UUID (8-4-4-4-12), for SMBIOS.
+pub fn machine_id_uuid(id: &str) -> Option<String> {
+    if id.len() != 32 || !id.chars().all(|c| c.is_ascii_hexdigit()) {
+        return None;
+    }
+    Some(format!(
+        "{}-{}-{}-{}-{}",
+        &id[0..8],
+        &id[8..12],
+        &id[12..16],
+        &id[16..20],
+        &id[20..32]
+    ))
+}
+
+fn push(a: &mut Vec<String>, items: &[&str]) {
+    a.extend(items.iter().map(|s| s.to_string()));
+}
+
+/// Escape a value for QEMU's comma-separated option syntax.
+fn opt(v: &str) -> String {
+    v.replace(',', ",,")
+}
+
+impl VmSpec {
+    /// The QEMU argument vector (without the binary).
+    pub fn argv(&self) -> Vec<String> {
+        let mut a = Vec::new();
+        push(
+            &mut a,
+            &[
+                "-name",
+                &format!("{},process=berth-{}", opt(&self.name), opt(&self.name)),
+            ],
+        );
+        match self.accel {
+            Accel::Kvm => push(&mut a, &["-accel", "kvm", "-cpu", "host"]),
+            // Plain `max`: adding or removing flags broke guest boots under TCG (measured).
+            Accel::Tcg => push(&mut a, &["-accel", "tcg,thread=multi", "-cpu", "max"]),
+        }
+        let machine = match self.kind {
+            Kind::Full => "pc".to_string(),
+            Kind::Hybrid => "q35".to_string(),
+            Kind::Paravirt => {
+                "microvm,x-option-roms=off,rtc=on,isa-serial=on,pit=off,pic=off".to_string()
+            }
+        };
+        push(&mut a, &["-machine", &machine]);
+        push(
+            &mut a,
+            &[
+                "-smp",
+                &self.cpus.to_string(),
+                "-m",
+                &format!("{}M", self.memory_mib),
+            ],
+        );
+        push(
+            &mut a,
+            &[
+                "-nodefaults",
+                "-no-user-config",
+                "-display",
+                "none",
+                "-vga",
+                "none",
+            ],
+        );
+        if let (Some(uuid), false) = (&self.smbios_uuid, self.kind == Kind::Paravirt) {
+            push(&mut a, &["-smbios", &format!("type=1,uuid={uuid}")]);
+            push(&mut a, &["-uuid", uuid]);
+        }
+        // Disk and seed.
+        let disk = format!(
+            "file={},if=none,id=disk0,format=qcow2,cache={},discard=unmap",
+            opt(&self.disk.display().to_string()),
+            self.disk_cache
+        );
+        push(&mut a, &["-drive", &disk]);
+        let seed = self.seed.as_ref().map(|s| {
+            format!(
+                "file={},if=none,id=seed0,format=raw,readonly=on",
+                opt(&s.display().to_string())
+            )
+        });
+        match self.kind {
+            Kind::Full => {
+                push(&mut a, &["-device", "ide-hd,drive=disk0,bus=ide.0,unit=0"]);
+                if let Some(s) = &seed {
+                    push(&mut a, &["-drive", &format!("{s},media=cdrom")]);
+                    push(&mut a, &["-device", "ide-cd,drive=seed0,bus=ide.1,unit=0"]);
+                }
+            }
+            Kind::Hybrid => {
+                push(
+                    &mut a,
+                    &["-device", "virtio-blk-pci,drive=disk0,bootindex=1"],
+                );
+                if let Some(s) = &seed {
+                    push(&mut a, &["-drive", s]);
+                    push(&mut a, &["-device", "virtio-blk-pci,drive=seed0"]);
+                }
+            }
+            Kind::Paravirt => {
+                push(&mut a, &["-device", "virtio-blk-device,drive=disk0"]);
+                if let Some(s) = &seed {
+                    push(&mut a, &["-drive", s]);
+                    push(&mut a, &["-device", "virtio-blk-device,drive=seed0"]);
+                }
+            }
+        }
+        // Network: user-mode NAT with loopback-only forwards.
+        let mut netdev = "user,id=net0".to_string();
+        for f in &self.forwards {
+            netdev.push_str(&format!(",hostfwd=tcp:127.0.0.1:{}-:{}", f.host, f.guest));
+        }
+        push(&mut a, &["-netdev", &netdev]);
+        let nic = match self.kind {
+            Kind::Full => "e1000,netdev=net0,romfile=",
+            Kind::Hybrid => "virtio-net-pci,netdev=net0,romfile=",
+            Kind::Paravirt => "virtio-net-device,netdev=net0",
+        };
+        push(&mut a, &["-device", nic]);
+        // Entropy for early boot (SSH host keys): virtio-rng where the guest has virtio.
+        match self.kind {
+            Kind::Full => {}
+            Kind::Hybrid => push(&mut a, &["-device", "virtio-rng-pci"]),
+            Kind::Paravirt => push(&mut a, &["-device", "virtio-rng-device"]),
+        }
+        // Direct kernel boot.
+        push(&mut a, &["-kernel", &self.kernel.display().to_string()]);
+        if let Some(i) = &self.initrd {
+            push(&mut a, &["-initrd", &i.display().to_string()]);
+        }
+        push(&mut a, &["-append", &self.cmdline]);
+        // Console, QMP, process.
+        let chardev = format!(
+            "socket,id=ser0,path={},server=on,wait=off,logfile={},logappend=on",
+            opt(&self.console_socket.display().to_string()),
+            opt(&self.console_log.display().to_string())
+        );
+        push(&mut a, &["-chardev", &chardev, "-serial", "chardev:ser0"]);
+        push(
+            &mut a,
+            &[
+                "-qmp",
+                &format!(
+                    "unix:{},server=on,wait=off",
+                    opt(&self.qmp_socket.display().to_string())
+                ),
+            ],
+        );
+        push(
+            &mut a,
+            &[
+                "-pidfile",
+                &self.pidfile.display().to_string(),
+                "-daemonize",
+            ],
+        );
+        a
+    }
+}
+
+/// The kernel command line berth gives a Debian guest.
+pub fn debian_cmdline(machine_id: &str) -> String {
+    format!("root=LABEL=rootfs ro console=ttyS0,115200 net.ifnames=0 systemd.machine_id={machine_id} ds=nocloud")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(kind: Kind, accel: Accel) -> VmSpec {
+        VmSpec {
+            name: "web1".into(),
+            kind,
+            accel,
+            cpus: 2,
+            memory_mib: 1024,
+            disk: "/var/lib/berth/instances/web1/disk.qcow2".into(),
+            disk_cache: "writeback".into(),
+            seed: Some("/var/lib/berth/instances/web1/seed.iso".into()),
+            kernel: "/var/lib/berth/images/debian-12/vmlinuz".into(),
+            initrd: Some("/var/lib/berth/images/debian-12/initrd.img".into()),
+            cmdline: debian_cmdline("0123456789abcdef0123456789abcdef"),
+            smbios_uuid: machine_id_uuid("0123456789abcdef0123456789abcdef"),
+            forwards: vec![
+                Forward {
+                    host: 40022,
+                    guest: 22,
+                },
+                Forward {
+                    host: 8080,
+                    guest: 80,
+                },
+            ],
+            qmp_socket: "/run/q.sock".into(),
+            console_socket: "/run/c.sock".into(),
+            console_log: "/run/console.log".into(),
+            pidfile: "/run/qemu.pid".into(),
+        }
+    }
+
+    fn has_pair(a: &[String], k: &str, v: &str) -> bool {
+        a.windows(2).any(|w| w[0] == k && w[1] == v)
+    }
+
+    #[test]
+    fn tcg_never_enables_kvm() {
+        let a = spec(Kind::Hybrid, Accel::Tcg).argv();
+        assert!(has_pair(&a, "-accel", "tcg,thread=multi"));
+        assert!(has_pair(&a, "-cpu", "max"));
+        assert!(!a.iter().any(|x| x.contains("kvm")), "{a:?}");
+        let k = spec(Kind::Hybrid, Accel::Kvm).argv();
+        assert!(has_pair(&k, "-accel", "kvm") && has_pair(&k, "-cpu", "host"));
+    }
+
+    #[test]
+    fn kinds_pick_their_machines_and_devices() {
+        let full = spec(Kind::Full, Accel::Tcg).argv();
+        assert!(has_pair(&full, "-machine", "pc"));
+        assert!(has_pair(&full, "-device", "e1000,netdev=net0,romfile="));
+        assert!(has_pair(
+            &full,
+            "-device",
+            "ide-hd,drive=disk0,bus=ide.0,unit=0"
+        ));
+        assert!(
+            !full.iter().any(|x| x.contains("virtio")),
+            "full guests need no virtio: {full:?}"
+        );
+        let hybrid = spec(Kind::Hybrid, Accel::Tcg).argv();
+        assert!(has_pair(&hybrid, "-machine", "q35"));
+        assert!(has_pair(
+            &hybrid,
+            "-device",
+            "virtio-blk-pci,drive=disk0,bootindex=1"
+        ));
+        let pv = spec(Kind::Paravirt, Accel::Tcg).argv();
+        assert!(pv.iter().any(|x| x.starts_with("microvm,")));
+        assert!(
+            pv.iter().all(|x| !x.contains("-pci")),
+            "microvm has no PCI: {pv:?}"
+        );
+        assert!(!pv.contains(&"-smbios".to_string()));
+    }
+
+    #[test]
+    fn identity_network_and_control_channels() {
+        let a = spec(Kind::Hybrid, Accel::Tcg).argv();
+        assert!(has_pair(
+            &a,
+            "-smbios",
+            "type=1,uuid=01234567-89ab-cdef-0123-456789abcdef"
+        ));
+        assert!(a
+            .iter()
+            .any(|x| x.contains("systemd.machine_id=0123456789abcdef0123456789abcdef")));
+        assert!(has_pair(
+            &a,
+            "-netdev",
+            "user,id=net0,hostfwd=tcp:127.0.0.1:40022-:22,hostfwd=tcp:127.0.0.1:8080-:80"
+        ));
+        assert!(has_pair(&a, "-qmp", "unix:/run/q.sock,server=on,wait=off"));
+        assert!(a.contains(&"-daemonize".to_string()));
+        assert!(a
+            .iter()
+            .any(|x| x.contains("readonly=on") && x.contains("seed.iso")));
+        assert_eq!(machine_id_uuid("xyz"), None);
+    }
+
+    #[test]
+    fn commas_in_paths_are_escaped() {
+        let mut s = spec(Kind::Hybrid, Accel::Tcg);
+        s.disk = "/tmp/a,b/disk.qcow2".into();
+        assert!(s
+            .argv()
+            .iter()
+            .any(|x| x.starts_with("file=/tmp/a,,b/disk.qcow2,")));
+    }
+}
