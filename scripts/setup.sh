@@ -4,7 +4,6 @@
 set -euo pipefail
 
 packages=(
-  qemu-utils      # qemu-img and qemu-io: the reference the disk tests compare against
   e2fsprogs       # mkfs.ext4 -d: ext4 images without mounting
   openssh-client  # ssh-keygen: the reference for the key tests
   cloud-init      # cloud-init schema: the reference for berth seed validate
@@ -29,6 +28,16 @@ if ((${#missing[@]})); then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# qemu-img and qemu-io, the reference the disk tests compare against. Installed after
+# qemu-system-x86: a machine may come with a newer qemu-utils built outside Debian's archive,
+# which apt removes when it installs Debian's qemu-system packages; Debian's own qemu-utils
+# then matches the QEMU the VMs run on.
+if ! command -v qemu-img >/dev/null 2>&1 || ! command -v qemu-io >/dev/null 2>&1; then
+  echo "setup: installing qemu-utils" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get install -y -qq --no-install-recommends qemu-utils >/dev/null
 fi
 
 # cargo-fuzz for the fuzz targets (built and run briefly by the test suite).
