@@ -3,6 +3,7 @@
 
 mod disk;
 mod host;
+mod image;
 mod key;
 mod machine_id;
 mod output;
@@ -25,6 +26,9 @@ enum Command {
     /// Create, inspect, check, convert and snapshot disk images (qcow2 and raw).
     #[command(subcommand)]
     Disk(disk::DiskCommand),
+    /// Base images: build Debian guests with debootstrap, list, remove.
+    #[command(subcommand)]
+    Image(image::ImageCommand),
     /// What this host offers for VMs, and the accelerator berth will use.
     #[command(subcommand)]
     Host(host::HostCommand),
@@ -59,6 +63,7 @@ fn main() -> ExitCode {
         }
         Command::Key(cmd) => (key::run(cmd), 1),
         Command::Host(cmd) => (host::run(cmd), 1),
+        Command::Image(cmd) => (image::run(cmd), 1),
         Command::Seed(cmd) => (seed::run(cmd), 2),
         Command::MachineId(cmd) => (machine_id::run(cmd), 1),
     };

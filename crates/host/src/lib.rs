@@ -3,4 +3,5 @@
 //! come with the VM and container work. The only user of `berth-state`.
 
 pub mod dirs;
+pub mod images;
 pub mod machine_ids;

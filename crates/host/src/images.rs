@@ -1,0 +1,586 @@
+//! Base images: Debian guests built from Debian's mirror with debootstrap, stored as qcow2 in
+//! berth's image store with their kernels beside them for direct kernel boot.
+//!
+//! A build works in a hidden folder of the store and renames it into place only when complete,
+//! so an interrupted build leaves nothing half-made. The image carries no machine-id (systemd's
+//! first-boot state), no SSH host keys and no cloud-init instance state: every guest made from
+//! it starts fresh. The recipe (release, packages, configuration, size) is hashed; a second
+//! build of the same recipe is instant.
+
+use berth_disk::ops::{self, ConvertOptions};
+use berth_disk::{BackingPolicy, Format};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use thiserror::Error;
+
+/// Errors from the image store.
+#[derive(Debug, Error)]
+pub enum ImageError {
+    /// Unknown recipe name.
+    #[error("unknown image {0:?}: berth builds debian-12")]
+    UnknownRecipe(String),
+    /// Bad image name.
+    #[error("invalid image name {0:?}: use letters, digits, '-', '_' and '.', starting with a letter or digit")]
+    BadName(String),
+    /// No such image.
+    #[error("no image named {0:?} (see `berth image list`)")]
+    NotFound(String),
+    /// A tool failed.
+    #[error("{tool} failed: {detail}")]
+    Tool {
+        /// The tool.
+        tool: String,
+        /// Its last output lines.
+        detail: String,
+    },
+    /// A file operation failed.
+    #[error("{what} {}", path.display())]
+    Io {
+        /// What.
+        what: &'static str,
+        /// Where.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The disk engine failed.
+    #[error(transparent)]
+    Disk(#[from] berth_disk::Error),
+    /// The image's metadata is unreadable.
+    #[error("image metadata {}: {message}", path.display())]
+    Metadata {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> ImageError {
+    let path = path.to_path_buf();
+    move |source| ImageError::Io { what, path, source }
+}
+
+/// A kernel and initrd for direct boot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BootFiles {
+    /// Kernel file name in the image folder.
+    pub kernel: String,
+    /// Initrd file name in the image folder.
+    pub initrd: String,
+    /// Kernel version.
+    pub version: String,
+}
+
+/// What `image.json` records.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageMeta {
+    /// Image name.
+    pub name: String,
+    /// "debian".
+    pub os: String,
+    /// "12".
+    pub release: String,
+    /// Debian suite, "bookworm".
+    pub suite: String,
+    /// "x86_64".
+    pub arch: String,
+    /// Disk file name in the image folder.
+    pub disk: String,
+    /// Virtual size.
+    pub size: u64,
+    /// sha256 of the disk file.
+    pub sha256: String,
+    /// Unix time of the build.
+    pub built_at: u64,
+    /// Hash of the recipe it was built from.
+    pub recipe: String,
+    /// The `cloud` kernel flavour (virtio guests).
+    pub kernel_cloud: Option<BootFiles>,
+    /// The generic kernel flavour (all drivers: full-emulation guests).
+    pub kernel_generic: Option<BootFiles>,
+}
+
+/// A build recipe.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recipe {
+    /// Debian suite.
+    pub suite: &'static str,
+    /// Release number.
+    pub release: &'static str,
+    /// Packages beyond minbase.
+    pub packages: Vec<&'static str>,
+    /// Root file system size.
+    pub size: u64,
+}
+
+/// The Debian 12 cloud guest recipe.
+pub fn debian12(size: u64) -> Recipe {
+    Recipe {
+        suite: "bookworm",
+        release: "12",
+        packages: vec![
+            "linux-image-cloud-amd64",
+            "linux-image-amd64",
+            "systemd-sysv",
+            "udev",
+            "dbus",
+            "cloud-init",
+            "python3-cffi-backend",
+            "openssh-server",
+            "ifupdown",
+            "isc-dhcp-client",
+            "ca-certificates",
+            "sudo",
+            "iproute2",
+            "netbase",
+            "qemu-guest-agent",
+            "locales",
+            "e2fsprogs",
+        ],
+        size,
+    }
+}
+
+/// Files the build writes into the tree: (path, content, mode).
+pub fn config_files() -> Vec<(&'static str, &'static str, u32)> {
+    vec![
+        ("etc/fstab", "LABEL=rootfs / ext4 defaults,discard,errors=remount-ro 0 1\n", 0o644),
+        ("etc/hostname", "localhost\n", 0o644),
+        ("etc/hosts", "127.0.0.1 localhost\n::1 localhost ip6-localhost ip6-loopback\n", 0o644),
+        ("etc/resolv.conf", "", 0o644),
+        ("etc/machine-id", "", 0o444),
+        ("etc/network/interfaces", "# Written by berth: cloud-init configures the guest's network in interfaces.d.\nauto lo\niface lo inet loopback\n\nsource /etc/network/interfaces.d/*\n", 0o644),
+        ("etc/locale.gen", "en_US.UTF-8 UTF-8\n", 0o644),
+        ("etc/default/locale", "LANG=en_US.UTF-8\n", 0o644),
+        // Only NoCloud: no probing for other clouds' metadata services at boot.
+        ("etc/cloud/cloud.cfg.d/90-berth.cfg", "# Written by berth.\ndatasource_list: [ NoCloud, None ]\n", 0o644),
+    ]
+}
+
+impl Recipe {
+    /// A stable hash of everything that shapes the image.
+    pub fn hash(&self) -> String {
+        let mut h = Sha256::new();
+        h.update(format!(
+            "v1 {} {} {}\n",
+            self.suite, self.release, self.size
+        ));
+        for p in &self.packages {
+            h.update(format!("pkg {p}\n"));
+        }
+        for (path, content, mode) in config_files() {
+            h.update(format!("file {path} {mode:o} {}\n{content}", content.len()));
+        }
+        format!("{:x}", h.finalize())[..16].to_string()
+    }
+}
+
+/// Valid image and instance names.
+pub fn check_name(name: &str) -> Result<(), ImageError> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err(ImageError::BadName(name.to_string()))
+    }
+}
+
+/// A build phase, for progress display.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// debootstrap downloading and installing packages.
+    Bootstrap,
+    /// Writing configuration, generating the locale, cleaning.
+    Configure,
+    /// mkfs.ext4 -d.
+    Filesystem,
+    /// raw -> qcow2.
+    Convert,
+    /// Checksum and metadata.
+    Finish,
+}
+
+/// Progress callback: (phase, one line of detail).
+pub type Progress<'a> = &'a mut dyn FnMut(Phase, &str);
+
+/// The image store.
+#[derive(Debug, Clone)]
+pub struct Store {
+    /// Folder holding one sub-folder per image.
+    pub dir: PathBuf,
+    /// debootstrap's package cache.
+    pub cache: PathBuf,
+}
+
+fn run_logged(
+    cmd: &mut Command,
+    tool: &str,
+    phase: Phase,
+    progress: Progress<'_>,
+) -> Result<(), ImageError> {
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = cmd.spawn().map_err(|e| ImageError::Tool {
+        tool: tool.into(),
+        detail: format!("cannot start: {e}"),
+    })?;
+    let stderr = child.stderr.take();
+    let err_thread = std::thread::spawn(move || {
+        let mut s = String::new();
+        if let Some(mut e) = stderr {
+            let _ = e.read_to_string(&mut s);
+        }
+        s
+    });
+    let mut tail: Vec<String> = Vec::new();
+    if let Some(out) = child.stdout.take() {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            progress(phase, &line);
+            tail.push(line);
+            if tail.len() > 20 {
+                tail.remove(0);
+            }
+        }
+    }
+    let status = child.wait().map_err(|e| ImageError::Tool {
+        tool: tool.into(),
+        detail: e.to_string(),
+    })?;
+    let err = err_thread.join().unwrap_or_default();
+    if !status.success() {
+        let mut lines: Vec<String> = tail;
+        lines.extend(err.lines().map(str::to_string));
+        let n = lines.len();
+        return Err(ImageError::Tool {
+            tool: tool.into(),
+            detail: format!("{status}: {}", lines[n.saturating_sub(8)..].join(" | ")),
+        });
+    }
+    Ok(())
+}
+
+fn sha256_file(path: &Path) -> Result<String, ImageError> {
+    let mut f = std::fs::File::open(path).map_err(io("reading", path))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).map_err(io("reading", path))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(format!("{:x}", h.finalize()))
+}
+
+/// The newest `/boot/vmlinuz-*<flavour>` in a tree, with its initrd.
+fn find_kernel(root: &Path, flavour: &str) -> Option<(PathBuf, PathBuf, String)> {
+    let mut found: Vec<String> = std::fs::read_dir(root.join("boot"))
+        .ok()?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter_map(|n| n.strip_prefix("vmlinuz-").map(str::to_string))
+        .filter(|v| {
+            if flavour == "generic" {
+                v.ends_with("-amd64") && !v.contains("-cloud-")
+            } else {
+                v.ends_with(&format!("-{flavour}-amd64"))
+            }
+        })
+        .collect();
+    found.sort();
+    let v = found.pop()?;
+    let k = root.join("boot").join(format!("vmlinuz-{v}"));
+    let i = root.join("boot").join(format!("initrd.img-{v}"));
+    i.exists().then_some((k, i, v))
+}
+
+struct Cleanup(Option<PathBuf>);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            let _ = std::fs::remove_dir_all(p);
+        }
+    }
+}
+
+impl Store {
+    /// The store under berth's data folder.
+    pub fn new(dirs: &crate::dirs::Dirs) -> Store {
+        Store {
+            dir: dirs.images(),
+            cache: dirs.root.join("cache/debootstrap"),
+        }
+    }
+
+    /// An image's folder.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    /// Read an image's metadata.
+    pub fn get(&self, name: &str) -> Result<ImageMeta, ImageError> {
+        check_name(name)?;
+        let p = self.path(name).join("image.json");
+        let text = match std::fs::read_to_string(&p) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(ImageError::NotFound(name.to_string()))
+            }
+            Err(e) => return Err(io("reading", &p)(e)),
+        };
+        serde_json::from_str(&text).map_err(|e| ImageError::Metadata {
+            path: p,
+            message: e.to_string(),
+        })
+    }
+
+    /// All images, by name.
+    pub fn list(&self) -> Result<Vec<ImageMeta>, ImageError> {
+        let mut out = Vec::new();
+        let rd = match std::fs::read_dir(&self.dir) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+            Err(e) => return Err(io("reading", &self.dir)(e)),
+        };
+        for e in rd.filter_map(|e| e.ok()) {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') {
+                continue;
+            }
+            if let Ok(m) = self.get(&name) {
+                out.push(m);
+            }
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    /// Remove an image.
+    pub fn remove(&self, name: &str) -> Result<(), ImageError> {
+        self.get(name)?;
+        let p = self.path(name);
+        // Rename first so a half-removed image is never visible under its name.
+        let trash = self.dir.join(format!(".rm-{name}-{}", std::process::id()));
+        std::fs::rename(&p, &trash).map_err(io("removing", &p))?;
+        std::fs::remove_dir_all(&trash).map_err(io("removing", &trash))
+    }
+
+    /// Build `recipe_name` (only "debian-12") as image `name`.
+    pub fn build(
+        &self,
+        recipe_name: &str,
+        name: &str,
+        size: u64,
+        mirror: &str,
+        progress: Progress<'_>,
+    ) -> Result<(ImageMeta, bool), ImageError> {
+        check_name(name)?;
+        let recipe = match recipe_name {
+            "debian-12" | "debian-bookworm" | "bookworm" => debian12(size),
+            other => return Err(ImageError::UnknownRecipe(other.to_string())),
+        };
+        let hash = recipe.hash();
+        if let Ok(m) = self.get(name) {
+            if m.recipe == hash && self.path(name).join(&m.disk).exists() {
+                return Ok((m, true));
+            }
+        }
+        std::fs::create_dir_all(&self.dir).map_err(io("creating", &self.dir))?;
+        std::fs::create_dir_all(&self.cache).map_err(io("creating", &self.cache))?;
+        let work = self
+            .dir
+            .join(format!(".build-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&work);
+        std::fs::create_dir_all(&work).map_err(io("creating", &work))?;
+        let cleanup = Cleanup(Some(work.clone()));
+        let root = work.join("rootfs");
+        // 1. debootstrap
+        let mut cmd = Command::new("debootstrap");
+        cmd.arg("--variant=minbase")
+            .arg(format!("--include={}", recipe.packages.join(",")))
+            .arg(format!(
+                "--cache-dir={}",
+                std::fs::canonicalize(&self.cache)
+                    .map_err(io("reading", &self.cache))?
+                    .display()
+            ))
+            .arg(recipe.suite)
+            .arg(&root)
+            .arg(mirror)
+            .env("DEBIAN_FRONTEND", "noninteractive");
+        run_logged(&mut cmd, "debootstrap", Phase::Bootstrap, progress)?;
+        // 2. configure
+        progress(Phase::Configure, "writing configuration");
+        for (rel, content, mode) in config_files() {
+            let p = root.join(rel);
+            if let Some(parent) = p.parent() {
+                std::fs::create_dir_all(parent).map_err(io("creating", parent))?;
+            }
+            let _ = std::fs::remove_file(&p);
+            std::fs::write(&p, content).map_err(io("writing", &p))?;
+            std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(mode))
+                .map_err(io("chmod", &p))?;
+        }
+        let dbus = root.join("var/lib/dbus/machine-id");
+        let _ = std::fs::remove_file(&dbus);
+        std::fs::create_dir_all(root.join("var/lib/dbus")).map_err(io("creating", &dbus))?;
+        std::os::unix::fs::symlink("/etc/machine-id", &dbus).map_err(io("linking", &dbus))?;
+        progress(Phase::Configure, "generating the locale");
+        run_logged(
+            Command::new("chroot").arg(&root).arg("locale-gen"),
+            "locale-gen",
+            Phase::Configure,
+            progress,
+        )?;
+        progress(
+            Phase::Configure,
+            "removing host keys, caches and instance state",
+        );
+        for dir in [
+            "etc/ssh",
+            "var/cache/apt/archives",
+            "var/lib/apt/lists",
+            "var/lib/cloud",
+            "var/log",
+        ] {
+            let d = root.join(dir);
+            let Ok(rd) = std::fs::read_dir(&d) else {
+                continue;
+            };
+            for e in rd.filter_map(|e| e.ok()) {
+                let n = e.file_name().to_string_lossy().into_owned();
+                let p = e.path();
+                let remove = match dir {
+                    "etc/ssh" => n.starts_with("ssh_host_"),
+                    "var/cache/apt/archives" => n.ends_with(".deb"),
+                    "var/log" => p.is_file(),
+                    _ => n != "partial" && n != "lock",
+                };
+                if remove {
+                    let r = if p.is_dir() && !p.is_symlink() {
+                        std::fs::remove_dir_all(&p)
+                    } else {
+                        std::fs::remove_file(&p)
+                    };
+                    r.map_err(io("removing", &p))?;
+                }
+            }
+        }
+        let cloud = find_kernel(&root, "cloud");
+        let generic = find_kernel(&root, "generic");
+        if cloud.is_none() && generic.is_none() {
+            return Err(ImageError::Tool {
+                tool: "debootstrap".into(),
+                detail: "no kernel in /boot of the new tree".into(),
+            });
+        }
+        let out = work.join("image");
+        std::fs::create_dir_all(&out).map_err(io("creating", &out))?;
+        let boot = |k: Option<(PathBuf, PathBuf, String)>,
+                    tag: &str|
+         -> Result<Option<BootFiles>, ImageError> {
+            let Some((kp, ip, v)) = k else {
+                return Ok(None);
+            };
+            let (kn, inn) = (format!("vmlinuz-{tag}"), format!("initrd-{tag}.img"));
+            std::fs::copy(&kp, out.join(&kn)).map_err(io("copying", &kp))?;
+            std::fs::copy(&ip, out.join(&inn)).map_err(io("copying", &ip))?;
+            Ok(Some(BootFiles {
+                kernel: kn,
+                initrd: inn,
+                version: v,
+            }))
+        };
+        let kernel_cloud = boot(cloud, "cloud")?;
+        let kernel_generic = boot(generic, "generic")?;
+        // 3. file system, without mounting
+        progress(Phase::Filesystem, "mkfs.ext4 -d");
+        let raw = work.join("rootfs.raw");
+        run_logged(
+            Command::new("mkfs.ext4")
+                .args(["-q", "-F", "-d"])
+                .arg(&root)
+                .args(["-L", "rootfs", "-E", "root_owner=0:0"])
+                .arg(&raw)
+                .arg(format!("{}K", recipe.size / 1024)),
+            "mkfs.ext4",
+            Phase::Filesystem,
+            progress,
+        )?;
+        // 4. qcow2 through berth's engine
+        progress(Phase::Convert, "raw -> qcow2");
+        let disk = out.join("disk.qcow2");
+        ops::convert(
+            &ConvertOptions::new(&raw, &disk, Format::Qcow2),
+            &BackingPolicy::default(),
+            &mut |_, _| {},
+        )?;
+        std::fs::remove_file(&raw).map_err(io("removing", &raw))?;
+        std::fs::remove_dir_all(&root).map_err(io("removing", &root))?;
+        // 5. metadata, then the image appears under its name
+        progress(Phase::Finish, "checksum");
+        let meta = ImageMeta {
+            name: name.to_string(),
+            os: "debian".into(),
+            release: recipe.release.into(),
+            suite: recipe.suite.into(),
+            arch: "x86_64".into(),
+            disk: "disk.qcow2".into(),
+            size: recipe.size,
+            sha256: sha256_file(&disk)?,
+            built_at: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+            recipe: hash,
+            kernel_cloud,
+            kernel_generic,
+        };
+        let mp = out.join("image.json");
+        std::fs::write(&mp, serde_json::to_string_pretty(&meta).unwrap_or_default())
+            .map_err(io("writing", &mp))?;
+        let dest = self.path(name);
+        if dest.exists() {
+            let trash = self.dir.join(format!(".old-{name}-{}", std::process::id()));
+            std::fs::rename(&dest, &trash).map_err(io("replacing", &dest))?;
+            let _ = std::fs::remove_dir_all(&trash);
+        }
+        std::fs::rename(&out, &dest).map_err(io("installing", &dest))?;
+        // The work folder (now empty of the image) goes with `cleanup`.
+        drop(cleanup);
+        Ok((meta, false))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_recipes() {
+        assert!(check_name("debian-12").is_ok());
+        assert!(check_name("../x").is_err());
+        assert!(check_name("-x").is_err());
+        assert!(check_name("").is_err());
+        assert_eq!(debian12(2 << 30).hash(), debian12(2 << 30).hash());
+        assert_ne!(debian12(2 << 30).hash(), debian12(3 << 30).hash());
+        let files = config_files();
+        assert!(files
+            .iter()
+            .any(|(p, c, m)| *p == "etc/machine-id" && c.is_empty() && *m == 0o444));
+    }
+}
