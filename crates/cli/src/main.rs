@@ -8,6 +8,7 @@ mod key;
 mod machine_id;
 mod output;
 mod seed;
+mod vm;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -26,6 +27,32 @@ enum Command {
     /// Create, inspect, check, convert and snapshot disk images (qcow2 and raw).
     #[command(subcommand)]
     Disk(disk::DiskCommand),
+    /// Launch a VM from a base image, provisioned by cloud-init, and wait until SSH answers.
+    Launch(vm::LaunchArgs),
+    /// List instances.
+    List(vm::ListArgs),
+    /// Show one instance.
+    Info(vm::InfoArgs),
+    /// Start a stopped instance.
+    Start(vm::StartArgs),
+    /// Stop an instance (ACPI power-down; --force ends it at once).
+    Stop(vm::StopArgs),
+    /// Stop, then start.
+    Restart(vm::StopArgs),
+    /// Pause a running instance's vCPUs.
+    Pause(vm::NameArg),
+    /// Resume a paused instance.
+    Resume(vm::NameArg),
+    /// Delete an instance (a running one only with --force).
+    Delete(vm::DeleteArgs),
+    /// Attach to the serial console (detach with Ctrl-]).
+    Console(vm::NameArg),
+    /// Show the console log.
+    Logs(vm::LogsArgs),
+    /// Open an SSH session, or run a command over SSH.
+    Ssh(vm::SshArgs),
+    /// Run a command in the instance; its exit status is berth's.
+    Exec(vm::ExecArgs),
     /// Base images: build Debian guests with debootstrap, list, remove.
     #[command(subcommand)]
     Image(image::ImageCommand),
@@ -64,6 +91,19 @@ fn main() -> ExitCode {
         Command::Key(cmd) => (key::run(cmd), 1),
         Command::Host(cmd) => (host::run(cmd), 1),
         Command::Image(cmd) => (image::run(cmd), 1),
+        Command::Launch(a) => (vm::launch(a), 1),
+        Command::List(a) => (vm::list(a), 1),
+        Command::Info(a) => (vm::info(a), 1),
+        Command::Start(a) => (vm::start(a), 1),
+        Command::Stop(a) => (vm::stop(a), 1),
+        Command::Restart(a) => (vm::restart(a), 1),
+        Command::Pause(a) => (vm::pause(a, true), 1),
+        Command::Resume(a) => (vm::pause(a, false), 1),
+        Command::Delete(a) => (vm::delete(a), 1),
+        Command::Console(a) => (vm::console(a), 1),
+        Command::Logs(a) => (vm::logs(a), 1),
+        Command::Ssh(a) => (vm::ssh(a), 255),
+        Command::Exec(a) => (vm::exec(a), 255),
         Command::Seed(cmd) => (seed::run(cmd), 2),
         Command::MachineId(cmd) => (machine_id::run(cmd), 1),
     };

@@ -5,3 +5,4 @@
 pub mod dirs;
 pub mod images;
 pub mod machine_ids;
+pub mod vms;

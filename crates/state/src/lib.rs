@@ -41,21 +41,56 @@ pub enum StateError {
         /// Its id.
         id: String,
     },
+    /// An instance of that name exists.
+    #[error("an instance named {0:?} already exists")]
+    NameTaken(String),
     /// No unique id could be drawn (never happens with a working random source).
     #[error("could not draw a machine-id that is not already registered")]
     Exhausted,
 }
 
 fn migrations() -> Migrations<'static> {
-    Migrations::new(vec![M::up(
-        "CREATE TABLE machine_ids (
+    Migrations::new(vec![
+        M::up(
+            "CREATE TABLE machine_ids (
             id TEXT PRIMARY KEY NOT NULL CHECK (length(id) = 32),
             kind TEXT NOT NULL,
             name TEXT NOT NULL,
             created_at INTEGER NOT NULL,
             UNIQUE (kind, name)
         );",
-    )])
+        ),
+        M::up(
+            "CREATE TABLE instances (
+            name TEXT PRIMARY KEY NOT NULL,
+            type TEXT NOT NULL,
+            image TEXT NOT NULL,
+            spec TEXT NOT NULL,
+            desired TEXT NOT NULL,
+            note TEXT NOT NULL DEFAULT '',
+            created_at INTEGER NOT NULL
+        );",
+        ),
+    ])
+}
+
+/// A stored instance (VM or container). `spec` is the runtime's own JSON.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstanceRow {
+    /// Unique name.
+    pub name: String,
+    /// "vm" or "container".
+    pub kind: String,
+    /// Image it was made from.
+    pub image: String,
+    /// Runtime specification (JSON).
+    pub spec: String,
+    /// What the user last asked for: "running" or "stopped".
+    pub desired: String,
+    /// Why it is in its state, when berth knows (e.g. "guest powered off").
+    pub note: String,
+    /// Unix time of creation.
+    pub created_at: i64,
 }
 
 /// One registered machine-id.
@@ -233,6 +268,75 @@ impl Store {
     }
 }
 
+impl Store {
+    /// Record a new instance; refuses a name in use.
+    pub fn insert_instance(&self, row: &InstanceRow) -> Result<(), StateError> {
+        match self.conn.execute(
+            "INSERT INTO instances (name, type, image, spec, desired, note, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![row.name, row.kind, row.image, row.spec, row.desired, row.note, Store::now()],
+        ) {
+            Ok(_) => Ok(()),
+            Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::ConstraintViolation => {
+                Err(StateError::NameTaken(row.name.clone()))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// One instance.
+    pub fn instance(&self, name: &str) -> Result<Option<InstanceRow>, StateError> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT name, type, image, spec, desired, note, created_at FROM instances WHERE name = ?1",
+                params![name],
+                row_to_instance,
+            )
+            .optional()?)
+    }
+
+    /// All instances by name.
+    pub fn instances(&self) -> Result<Vec<InstanceRow>, StateError> {
+        let mut st = self.conn.prepare("SELECT name, type, image, spec, desired, note, created_at FROM instances ORDER BY name")?;
+        let rows = st.query_map([], row_to_instance)?;
+        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+    }
+
+    /// Change what the user wants and why.
+    pub fn set_instance_state(
+        &self,
+        name: &str,
+        desired: &str,
+        note: &str,
+    ) -> Result<(), StateError> {
+        self.conn.execute(
+            "UPDATE instances SET desired = ?2, note = ?3 WHERE name = ?1",
+            params![name, desired, note],
+        )?;
+        Ok(())
+    }
+
+    /// Forget an instance.
+    pub fn delete_instance(&self, name: &str) -> Result<bool, StateError> {
+        Ok(self
+            .conn
+            .execute("DELETE FROM instances WHERE name = ?1", params![name])?
+            > 0)
+    }
+}
+
+fn row_to_instance(r: &rusqlite::Row<'_>) -> rusqlite::Result<InstanceRow> {
+    Ok(InstanceRow {
+        name: r.get(0)?,
+        kind: r.get(1)?,
+        image: r.get(2)?,
+        spec: r.get(3)?,
+        desired: r.get(4)?,
+        note: r.get(5)?,
+        created_at: r.get(6)?,
+    })
+}
+
 fn row_to_reg(r: &rusqlite::Row<'_>) -> rusqlite::Result<Registration> {
     Ok(Registration {
         id: r.get(0)?,
@@ -275,6 +379,35 @@ mod tests {
         assert!(s.release_machine_id("vm", "web1").unwrap());
         assert!(!s.release_machine_id("vm", "web1").unwrap());
         s.register_machine_id(A, "vm", "web2").unwrap();
+    }
+
+    #[test]
+    fn instances_round_trip_and_names_are_unique() {
+        let s = Store::in_memory().unwrap();
+        let row = InstanceRow {
+            name: "web1".into(),
+            kind: "vm".into(),
+            image: "debian-12".into(),
+            spec: "{}".into(),
+            desired: "running".into(),
+            note: String::new(),
+            created_at: 0,
+        };
+        s.insert_instance(&row).unwrap();
+        assert!(matches!(
+            s.insert_instance(&row),
+            Err(StateError::NameTaken(_))
+        ));
+        s.set_instance_state("web1", "stopped", "guest powered off")
+            .unwrap();
+        let got = s.instance("web1").unwrap().unwrap();
+        assert_eq!(
+            (got.desired.as_str(), got.note.as_str()),
+            ("stopped", "guest powered off")
+        );
+        assert_eq!(s.instances().unwrap().len(), 1);
+        assert!(s.delete_instance("web1").unwrap());
+        assert!(s.instance("web1").unwrap().is_none());
     }
 
     #[test]

@@ -1,0 +1,801 @@
+//! Virtual machines: launch a guest from a base image, and its lifecycle.
+//!
+//! Each VM has a folder under `DATA/instances/NAME` (qcow2 overlay on the base image, seed,
+//! sockets, console log, pidfile) and a row in the state database holding its QEMU spec. QEMU
+//! daemonizes, so guests outlive `berth`; every command re-adopts them from the pidfile (checked
+//! against `/proc/PID/cmdline`) and QMP. A QEMU killed behind berth's back shows as stopped with
+//! that reason; a guest that powered itself off (QEMU runs with `-no-shutdown`) shows as stopped
+//! because the guest powered off, and berth then ends its QEMU.
+
+use crate::dirs::Dirs;
+use crate::images::{check_name, ImageError, Store as ImageStore};
+use berth_cloudinit::config::{self, GuestConfig, User};
+use berth_cloudinit::schema::Severity;
+use berth_cloudinit::seed::{self, SeedFiles, SeedFormat};
+use berth_disk::ops::{self, CreateOptions};
+use berth_disk::{BackingPolicy, Format};
+use berth_identity::keys;
+use berth_qemu::host::{self as qhost, Accel, AccelRequest};
+use berth_qemu::vm::{debian_cmdline, machine_id_uuid, Forward, Kind, VmSpec};
+use berth_state::{InstanceRow, Store};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+use thiserror::Error;
+
+/// Errors from VM operations. Each names the instance, file or value at fault.
+#[derive(Debug, Error)]
+pub enum VmError {
+    /// Bad input.
+    #[error("{0}")]
+    Invalid(String),
+    /// No such instance.
+    #[error("no instance named {0:?} (see `berth list`)")]
+    NotFound(String),
+    /// The image store.
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    /// The disk engine.
+    #[error(transparent)]
+    Disk(#[from] berth_disk::Error),
+    /// State.
+    #[error(transparent)]
+    State(#[from] berth_state::StateError),
+    /// Keys.
+    #[error(transparent)]
+    Key(#[from] keys::KeyError),
+    /// Seeds.
+    #[error(transparent)]
+    Seed(#[from] seed::SeedError),
+    /// QEMU failed to start.
+    #[error("QEMU did not start: {0}")]
+    QemuStart(String),
+    /// QMP failed.
+    #[error("talking to QEMU of {name}: {source}")]
+    Qmp {
+        /// Instance.
+        name: String,
+        /// Cause.
+        #[source]
+        source: berth_qmp::QmpError,
+    },
+    /// The accelerator cannot be used.
+    #[error(transparent)]
+    Accel(#[from] qhost::AccelError),
+    /// Waiting for the guest failed.
+    #[error("{name}: {message}\n--- last lines of the console ({log}) ---\n{tail}")]
+    NotReady {
+        /// Instance.
+        name: String,
+        /// What went wrong.
+        message: String,
+        /// Console log path.
+        log: String,
+        /// Its last lines.
+        tail: String,
+    },
+    /// File operations.
+    #[error("{what} {}", path.display())]
+    Io {
+        /// What.
+        what: &'static str,
+        /// Where.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> VmError {
+    let path = path.to_path_buf();
+    move |source| VmError::Io { what, path, source }
+}
+
+/// What berth stores for a VM.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct VmRecord {
+    /// QEMU's spec.
+    pub spec: VmSpec,
+    /// Host port forwarded to the guest's SSH.
+    pub ssh_port: u16,
+    /// Login user berth created.
+    pub ssh_user: String,
+    /// Private key berth uses to reach the guest.
+    pub ssh_key: PathBuf,
+    /// The machine-id registered for the guest.
+    pub machine_id: String,
+    /// Virtual disk size.
+    pub disk_size: u64,
+    /// Image name.
+    pub image: String,
+}
+
+/// Runtime state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "state", rename_all = "lowercase")]
+pub enum VmState {
+    /// Running.
+    Running,
+    /// Paused (QMP stop).
+    Paused,
+    /// Not running, with the reason.
+    Stopped {
+        /// Why.
+        reason: String,
+    },
+}
+
+impl std::fmt::Display for VmState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            VmState::Running => f.write_str("running"),
+            VmState::Paused => f.write_str("paused"),
+            VmState::Stopped { .. } => f.write_str("stopped"),
+        }
+    }
+}
+
+/// Launch options.
+#[derive(Debug, Clone)]
+pub struct LaunchOptions {
+    /// Base image name.
+    pub image: String,
+    /// Instance name.
+    pub name: String,
+    /// vCPUs.
+    pub cpus: u32,
+    /// Memory, MiB.
+    pub memory_mib: u64,
+    /// Disk size (at least the image's).
+    pub disk: Option<u64>,
+    /// The user's cloud-config.
+    pub cloud_init: Option<PathBuf>,
+    /// A public key to authorize (besides berth's own).
+    pub ssh_key: Option<PathBuf>,
+    /// Guest kind.
+    pub kind: Kind,
+    /// Accelerator.
+    pub accel: AccelRequest,
+    /// Extra forwards.
+    pub forwards: Vec<Forward>,
+    /// Disk cache mode.
+    pub disk_cache: String,
+}
+
+/// berth's VMs.
+#[derive(Debug)]
+pub struct Vms {
+    dirs: Dirs,
+    store: Store,
+}
+
+fn free_port() -> Result<u16, VmError> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0")
+        .map_err(|e| VmError::Invalid(format!("no free loopback port: {e}")))?;
+    Ok(l.local_addr()
+        .map_err(|e| VmError::Invalid(e.to_string()))?
+        .port())
+}
+
+fn check_port(port: u16) -> Result<(), VmError> {
+    std::net::TcpListener::bind(("127.0.0.1", port))
+        .map(drop)
+        .map_err(|e| {
+            VmError::Invalid(format!(
+                "port {port} on 127.0.0.1 is not available for --forward: {e}"
+            ))
+        })
+}
+
+/// The last `n` lines of a file.
+pub fn tail(path: &Path, n: usize) -> String {
+    let text = std::fs::read(path)
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+fn qmp_call(name: &str, sock: &Path, cmd: &str, args: Option<Value>) -> Result<Value, VmError> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| VmError::Invalid(e.to_string()))?;
+    rt.block_on(async {
+        let q = tokio::time::timeout(Duration::from_secs(5), berth_qmp::Qmp::connect_unix(sock))
+            .await
+            .map_err(|_| berth_qmp::QmpError::Timeout("connect".into()))??;
+        q.execute_timeout(cmd, args, Duration::from_secs(10)).await
+    })
+    .map_err(|source| VmError::Qmp {
+        name: name.to_string(),
+        source,
+    })
+}
+
+/// Is QEMU for this record alive? Checks the pidfile's process is really this guest's QEMU.
+pub fn qemu_pid(rec: &VmRecord) -> Option<i32> {
+    let pid: i32 = std::fs::read_to_string(&rec.spec.pidfile)
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let needle = rec.spec.qmp_socket.display().to_string();
+    String::from_utf8_lossy(&cmdline)
+        .contains(&needle)
+        .then_some(pid)
+}
+
+fn ssh_base(rec: &VmRecord, dir: &Path) -> Command {
+    let mut c = Command::new("ssh");
+    c.arg("-i")
+        .arg(&rec.ssh_key)
+        .args(["-p", &rec.ssh_port.to_string()])
+        .args([
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "LogLevel=ERROR",
+            "-o",
+            "ConnectTimeout=5",
+        ]);
+    c.arg("-o").arg(format!(
+        "UserKnownHostsFile={}",
+        dir.join("known_hosts").display()
+    ));
+    c.arg(format!("{}@127.0.0.1", rec.ssh_user));
+    c
+}
+
+impl Vms {
+    /// Open berth's state.
+    pub fn open(dirs: &Dirs) -> Result<Vms, VmError> {
+        Ok(Vms {
+            dirs: dirs.clone(),
+            store: Store::open(&dirs.root)?,
+        })
+    }
+
+    fn dir(&self, name: &str) -> PathBuf {
+        self.dirs.root.join("instances").join(name)
+    }
+
+    /// A VM's record.
+    pub fn get(&self, name: &str) -> Result<(InstanceRow, VmRecord), VmError> {
+        let row = self
+            .store
+            .instance(name)?
+            .ok_or_else(|| VmError::NotFound(name.to_string()))?;
+        let rec: VmRecord = serde_json::from_str(&row.spec)
+            .map_err(|e| VmError::Invalid(format!("stored spec of {name} is unreadable: {e}")))?;
+        Ok((row, rec))
+    }
+
+    /// All instances.
+    pub fn list(&self) -> Result<Vec<(InstanceRow, VmRecord, VmState)>, VmError> {
+        let mut out = Vec::new();
+        for row in self.store.instances()? {
+            if row.kind != "vm" {
+                continue;
+            }
+            let (row, rec) = self.get(&row.name)?;
+            let st = self.state(&row, &rec)?;
+            out.push((row, rec, st));
+        }
+        Ok(out)
+    }
+
+    /// The runtime state, reaping a QEMU whose guest powered off.
+    pub fn state(&self, row: &InstanceRow, rec: &VmRecord) -> Result<VmState, VmError> {
+        let Some(_pid) = qemu_pid(rec) else {
+            if row.desired == "running" {
+                let reason =
+                    "QEMU is no longer running (killed or crashed outside berth; see `berth logs`)"
+                        .to_string();
+                self.store
+                    .set_instance_state(&row.name, "stopped", &reason)?;
+                return Ok(VmState::Stopped { reason });
+            }
+            return Ok(VmState::Stopped {
+                reason: if row.note.is_empty() {
+                    "stopped".into()
+                } else {
+                    row.note.clone()
+                },
+            });
+        };
+        let status = match qmp_call(&row.name, &rec.spec.qmp_socket, "query-status", None) {
+            Ok(v) => v["status"].as_str().unwrap_or("").to_string(),
+            Err(_) => return Ok(VmState::Running),
+        };
+        match status.as_str() {
+            "paused" => Ok(VmState::Paused),
+            "shutdown" => {
+                let _ = qmp_call(&row.name, &rec.spec.qmp_socket, "quit", None);
+                let reason = "the guest powered itself off".to_string();
+                self.store
+                    .set_instance_state(&row.name, "stopped", &reason)?;
+                Ok(VmState::Stopped { reason })
+            }
+            _ => Ok(VmState::Running),
+        }
+    }
+
+    /// Create and start a VM. Returns its record; with `wait`, also waits until SSH answers and
+    /// cloud-init has finished.
+    pub fn launch(
+        &self,
+        o: &LaunchOptions,
+        wait: Option<Duration>,
+        progress: &mut dyn FnMut(&str),
+    ) -> Result<VmRecord, VmError> {
+        check_name(&o.name).map_err(|_| {
+            VmError::Invalid(format!(
+                "invalid instance name {:?}: use letters, digits, '-', '_' and '.'",
+                o.name
+            ))
+        })?;
+        if self.store.instance(&o.name)?.is_some() {
+            return Err(VmError::Invalid(format!(
+                "an instance named {:?} already exists",
+                o.name
+            )));
+        }
+        if o.cpus == 0 || o.cpus > 64 {
+            return Err(VmError::Invalid(format!(
+                "--cpus {} is out of range (1-64)",
+                o.cpus
+            )));
+        }
+        if o.memory_mib < 256 {
+            return Err(VmError::Invalid(format!(
+                "--memory {} MiB is too small for a Debian guest (at least 256M)",
+                o.memory_mib
+            )));
+        }
+        let images = ImageStore::new(&self.dirs);
+        let image = images.get(&o.image)?;
+        let boot = match o.kind {
+            Kind::Full => image.kernel_generic.clone().or(image.kernel_cloud.clone()),
+            _ => image.kernel_cloud.clone().or(image.kernel_generic.clone()),
+        }
+        .ok_or_else(|| {
+            VmError::Invalid(format!("image {} has no kernel for direct boot", o.image))
+        })?;
+        let user_text = match &o.cloud_init {
+            Some(p) => {
+                let t = std::fs::read_to_string(p).map_err(io("reading", p))?;
+                let (_, problems) = berth_cloudinit::userdata::validate_text(
+                    &t,
+                    Some(Path::new("/usr/share/zoneinfo")),
+                );
+                let errors: Vec<String> = problems
+                    .iter()
+                    .filter(|x| x.severity == Severity::Error)
+                    .map(|x| {
+                        format!(
+                            "{}:{}:{}: {}{}",
+                            p.display(),
+                            x.line,
+                            x.column,
+                            if x.path.is_empty() {
+                                String::new()
+                            } else {
+                                format!("{}: ", x.path)
+                            },
+                            x.message
+                        )
+                    })
+                    .collect();
+                if !errors.is_empty() {
+                    return Err(VmError::Invalid(format!(
+                        "the cloud-config has errors; nothing was created:\n{}",
+                        errors.join("\n")
+                    )));
+                }
+                Some(t)
+            }
+            None => None,
+        };
+        for f in &o.forwards {
+            check_port(f.host)?;
+        }
+        let qemu = qhost::qemu_binary().ok_or_else(|| {
+            VmError::QemuStart(
+                "qemu-system-x86_64 was not found (install qemu-system-x86, or set BERTH_QEMU)"
+                    .into(),
+            )
+        })?;
+        let accel = self.accel(&qemu, o.accel, progress)?;
+        let disk_size = o.disk.unwrap_or(image.size).max(image.size);
+        // Everything checked: create. Any failure from here removes what was made.
+        let dir = self.dir(&o.name);
+        std::fs::create_dir_all(dir.parent().unwrap_or(&dir)).map_err(io("creating", &dir))?;
+        std::fs::create_dir(&dir).map_err(io("creating", &dir))?;
+        let created = (|| -> Result<VmRecord, VmError> {
+            let base = images.path(&o.image).join(&image.disk);
+            let disk = dir.join("disk.qcow2");
+            let policy = BackingPolicy::new(Some(self.dirs.images()), Vec::new());
+            let mut co = CreateOptions::new(&disk, Format::Qcow2, Some(disk_size));
+            co.backing = Some(base.display().to_string());
+            co.backing_format = Some(Format::Qcow2);
+            ops::create(&co, &policy)?;
+            let machine_id = crate::machine_ids::allocate(&self.store, "vm", &o.name)?.to_string();
+            let key = keys::ensure_default(&self.dirs.keys(), "berth")?;
+            let mut authorized = vec![std::fs::read_to_string(keys::public_path(&key))
+                .map_err(io("reading", &key))?
+                .trim()
+                .to_string()];
+            if let Some(k) = &o.ssh_key {
+                let text = std::fs::read_to_string(k).map_err(io("reading", k))?;
+                let parsed = berth_identity::authorized_keys::parse(&text)
+                    .map_err(|e| VmError::Invalid(format!("{}: {e}", k.display())))?;
+                if parsed.is_empty() {
+                    return Err(VmError::Invalid(format!(
+                        "{} holds no public key",
+                        k.display()
+                    )));
+                }
+                authorized.extend(parsed.iter().map(|p| p.public_line()));
+            }
+            let mut ours = GuestConfig {
+                hostname: Some(o.name.clone()),
+                users: vec![User {
+                    name: "berth".into(),
+                    ssh_authorized_keys: authorized,
+                    sudo: Some("ALL=(ALL) NOPASSWD:ALL".into()),
+                    shell: Some("/bin/bash".into()),
+                    groups: Vec::new(),
+                    lock_passwd: Some(true),
+                }],
+                ..GuestConfig::default()
+            };
+            // What a guest does not need at boot under emulation: RSA host keys, key dumps to the
+            // console, grub (there is none: direct kernel boot).
+            ours.extra.insert("manage_etc_hosts".into(), json!(true));
+            ours.extra
+                .insert("ssh_genkeytypes".into(), json!(["ed25519"]));
+            ours.extra
+                .insert("ssh".into(), json!({"emit_keys_to_console": false}));
+            ours.extra
+                .insert("grub_dpkg".into(), json!({"enabled": false}));
+            let merged = config::merge(&ours, user_text.as_deref())
+                .map_err(|e| VmError::Invalid(format!("the cloud-config: {e}")))?;
+            let user_data = config::render(&merged);
+            std::fs::write(dir.join("user-data"), &user_data).map_err(io("writing", &dir))?;
+            let hostname = merged
+                .get("hostname")
+                .and_then(Value::as_str)
+                .unwrap_or(&o.name)
+                .to_string();
+            let files = SeedFiles {
+                user_data: user_data.into_bytes(),
+                meta_data: seed::meta_data(&format!("iid-{machine_id}"), Some(&hostname))
+                    .into_bytes(),
+                network_config: None,
+                vendor_data: None,
+            };
+            seed::write(&dir.join("seed.iso"), &files, SeedFormat::Iso, true)?;
+            let ssh_port = free_port()?;
+            let mut forwards = vec![Forward {
+                host: ssh_port,
+                guest: 22,
+            }];
+            forwards.extend(o.forwards.iter().copied());
+            let img_dir = images.path(&o.image);
+            let spec = VmSpec {
+                name: o.name.clone(),
+                kind: o.kind,
+                accel,
+                cpus: o.cpus,
+                memory_mib: o.memory_mib,
+                disk,
+                disk_cache: o.disk_cache.clone(),
+                seed: Some(dir.join("seed.iso")),
+                kernel: img_dir.join(&boot.kernel),
+                initrd: Some(img_dir.join(&boot.initrd)),
+                cmdline: debian_cmdline(&machine_id),
+                smbios_uuid: machine_id_uuid(&machine_id),
+                forwards,
+                qmp_socket: dir.join("qmp.sock"),
+                console_socket: dir.join("console.sock"),
+                console_log: dir.join("console.log"),
+                pidfile: dir.join("qemu.pid"),
+            };
+            let rec = VmRecord {
+                spec,
+                ssh_port,
+                ssh_user: "berth".into(),
+                ssh_key: key,
+                machine_id,
+                disk_size,
+                image: o.image.clone(),
+            };
+            let row = InstanceRow {
+                name: o.name.clone(),
+                kind: "vm".into(),
+                image: o.image.clone(),
+                spec: serde_json::to_string(&rec).unwrap_or_default(),
+                desired: "running".into(),
+                note: String::new(),
+                created_at: 0,
+            };
+            self.store.insert_instance(&row)?;
+            progress("starting QEMU");
+            self.spawn(&qemu, &rec)?;
+            Ok(rec)
+        })();
+        let rec = match created {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = self.store.delete_instance(&o.name);
+                let _ = self.store.release_machine_id("vm", &o.name);
+                let _ = std::fs::remove_dir_all(&dir);
+                return Err(e);
+            }
+        };
+        if let Some(limit) = wait {
+            self.wait_ready(&o.name, &rec, limit, progress)?;
+        }
+        Ok(rec)
+    }
+
+    fn accel(
+        &self,
+        qemu: &Path,
+        req: AccelRequest,
+        progress: &mut dyn FnMut(&str),
+    ) -> Result<Accel, VmError> {
+        if req == AccelRequest::Tcg {
+            return Ok(Accel::Tcg);
+        }
+        let dev = qhost::kvm_device(Path::new("/dev/kvm"));
+        let probe = matches!(dev, qhost::KvmDevice::Accessible)
+            .then(|| berth_qemu::probe::run_probe(qemu, true, berth_qemu::probe::KVM_PROBE_LIMIT));
+        let verdict = qhost::kvm_verdict(&dev, probe);
+        let (accel, notice) = qhost::choose_accel(req, &verdict)?;
+        if let Some(n) = notice {
+            progress(&n);
+        }
+        Ok(accel)
+    }
+
+    fn spawn(&self, qemu: &Path, rec: &VmRecord) -> Result<(), VmError> {
+        for p in [
+            &rec.spec.qmp_socket,
+            &rec.spec.console_socket,
+            &rec.spec.pidfile,
+        ] {
+            let _ = std::fs::remove_file(p);
+        }
+        let out = Command::new(qemu)
+            .args(rec.spec.argv())
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| VmError::QemuStart(format!("{}: {e}", qemu.display())))?;
+        if !out.status.success() {
+            return Err(VmError::QemuStart(
+                String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            ));
+        }
+        if qemu_pid(rec).is_none() {
+            return Err(VmError::QemuStart(
+                "QEMU exited right after starting (see the console log)".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Wait until SSH answers and cloud-init is done.
+    pub fn wait_ready(
+        &self,
+        name: &str,
+        rec: &VmRecord,
+        limit: Duration,
+        progress: &mut dyn FnMut(&str),
+    ) -> Result<(), VmError> {
+        let dir = self.dir(name);
+        let start = Instant::now();
+        let fail = |message: String| VmError::NotReady {
+            name: name.to_string(),
+            message,
+            log: rec.spec.console_log.display().to_string(),
+            tail: tail(&rec.spec.console_log, 15),
+        };
+        progress("waiting for SSH");
+        loop {
+            if qemu_pid(rec).is_none() {
+                return Err(fail("QEMU stopped while the guest was booting".into()));
+            }
+            let ok = ssh_base(rec, &dir)
+                .arg("true")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            if ok {
+                break;
+            }
+            if start.elapsed() > limit {
+                return Err(fail(format!(
+                    "SSH did not answer within {} s (the guest is left running for inspection)",
+                    limit.as_secs()
+                )));
+            }
+            std::thread::sleep(Duration::from_secs(1));
+        }
+        progress(&format!(
+            "SSH answers after {} s; waiting for cloud-init",
+            start.elapsed().as_secs()
+        ));
+        let left = limit
+            .saturating_sub(start.elapsed())
+            .max(Duration::from_secs(30));
+        let out = ssh_base(rec, &dir)
+            .arg(format!(
+                "timeout {} cloud-init status --wait",
+                left.as_secs()
+            ))
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| fail(e.to_string()))?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        if text.contains("status: done") {
+            progress(&format!("ready after {} s", start.elapsed().as_secs()));
+            Ok(())
+        } else {
+            Err(fail(format!(
+                "cloud-init did not finish cleanly: {} (the guest is left running for inspection)",
+                text.lines().last().unwrap_or("no status").trim()
+            )))
+        }
+    }
+
+    /// Start a stopped VM.
+    pub fn start(
+        &self,
+        name: &str,
+        wait: Option<Duration>,
+        progress: &mut dyn FnMut(&str),
+    ) -> Result<(), VmError> {
+        let (row, rec) = self.get(name)?;
+        if !matches!(self.state(&row, &rec)?, VmState::Stopped { .. }) {
+            return Err(VmError::Invalid(format!("{name} is already running")));
+        }
+        let qemu = qhost::qemu_binary()
+            .ok_or_else(|| VmError::QemuStart("qemu-system-x86_64 was not found".into()))?;
+        self.store.set_instance_state(name, "running", "")?;
+        if let Err(e) = self.spawn(&qemu, &rec) {
+            self.store
+                .set_instance_state(name, "stopped", &e.to_string())?;
+            return Err(e);
+        }
+        if let Some(limit) = wait {
+            self.wait_ready(name, &rec, limit, progress)?;
+        }
+        Ok(())
+    }
+
+    /// Stop: ACPI power-down, then wait up to `timeout`; `force` ends QEMU at once.
+    pub fn stop(&self, name: &str, force: bool, timeout: Duration) -> Result<(), VmError> {
+        let (row, rec) = self.get(name)?;
+        if matches!(self.state(&row, &rec)?, VmState::Stopped { .. }) {
+            self.store
+                .set_instance_state(name, "stopped", "stopped by berth")?;
+            return Ok(());
+        }
+        self.store
+            .set_instance_state(name, "stopped", "stopped by berth")?;
+        if force {
+            return self.kill(name, &rec);
+        }
+        qmp_call(name, &rec.spec.qmp_socket, "system_powerdown", None)?;
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            if qemu_pid(&rec).is_none() {
+                return Ok(());
+            }
+            if let Ok(v) = qmp_call(name, &rec.spec.qmp_socket, "query-status", None) {
+                if v["status"] == "shutdown" {
+                    let _ = qmp_call(name, &rec.spec.qmp_socket, "quit", None);
+                    self.wait_gone(&rec, Duration::from_secs(10));
+                    return Ok(());
+                }
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        self.store.set_instance_state(name, "running", "")?;
+        Err(VmError::Invalid(format!(
+            "{name} did not power off within {} s; `berth stop --force {name}` ends it",
+            timeout.as_secs()
+        )))
+    }
+
+    fn wait_gone(&self, rec: &VmRecord, limit: Duration) -> bool {
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if qemu_pid(rec).is_none() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        false
+    }
+
+    fn kill(&self, name: &str, rec: &VmRecord) -> Result<(), VmError> {
+        let _ = qmp_call(name, &rec.spec.qmp_socket, "quit", None);
+        if !self.wait_gone(rec, Duration::from_secs(5)) {
+            if let Some(pid) = qemu_pid(rec) {
+                let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+                self.wait_gone(rec, Duration::from_secs(5));
+            }
+        }
+        Ok(())
+    }
+
+    /// Pause or resume the vCPUs.
+    pub fn pause(&self, name: &str, pause: bool) -> Result<(), VmError> {
+        let (row, rec) = self.get(name)?;
+        if matches!(self.state(&row, &rec)?, VmState::Stopped { .. }) {
+            return Err(VmError::Invalid(format!("{name} is not running")));
+        }
+        qmp_call(
+            name,
+            &rec.spec.qmp_socket,
+            if pause { "stop" } else { "cont" },
+            None,
+        )
+        .map(drop)
+    }
+
+    /// Delete a VM; a running one only with `force`.
+    pub fn delete(&self, name: &str, force: bool) -> Result<(), VmError> {
+        let (row, rec) = self.get(name)?;
+        if !matches!(self.state(&row, &rec)?, VmState::Stopped { .. }) {
+            if !force {
+                return Err(VmError::Invalid(format!(
+                    "{name} is running; stop it first or pass --force"
+                )));
+            }
+            self.kill(name, &rec)?;
+        }
+        let dir = self.dir(name);
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir).map_err(io("removing", &dir))?;
+        }
+        self.store.release_machine_id("vm", name)?;
+        self.store.delete_instance(name)?;
+        Ok(())
+    }
+
+    /// An ssh command line for the guest (for `berth ssh` and `berth exec`).
+    pub fn ssh_command(&self, name: &str) -> Result<Command, VmError> {
+        let (_, rec) = self.get(name)?;
+        Ok(ssh_base(&rec, &self.dir(name)))
+    }
+
+    /// The console log path.
+    pub fn console_log(&self, name: &str) -> Result<PathBuf, VmError> {
+        Ok(self.get(name)?.1.spec.console_log)
+    }
+
+    /// The console socket path.
+    pub fn console_socket(&self, name: &str) -> Result<PathBuf, VmError> {
+        Ok(self.get(name)?.1.spec.console_socket)
+    }
+
+    /// Disk usage of the VM's overlay (bytes allocated on the host).
+    pub fn disk_usage(&self, rec: &VmRecord) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(&rec.spec.disk)
+            .map(|m| m.blocks() * 512)
+            .unwrap_or(0)
+    }
+}
