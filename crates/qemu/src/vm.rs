@@ -142,9 +142,7 @@ impl VmSpec {
         let machine = match self.kind {
             Kind::Full => "pc".to_string(),
             Kind::Hybrid => "q35".to_string(),
-            Kind::Paravirt => {
-                "microvm,x-option-roms=off,rtc=on,isa-serial=on,pit=off,pic=off".to_string()
-            }
+            Kind::Paravirt => "microvm,x-option-roms=off,rtc=on,isa-serial=on".to_string(),
         };
         push(&mut a, &["-machine", &machine]);
         push(

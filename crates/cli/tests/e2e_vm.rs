@@ -1,0 +1,268 @@
+//! End-to-end: real Debian guests booted by `berth launch` (TCG on machines like CI's, where
+//! KVM cannot run guests), provisioned by cloud-init, checked over SSH.
+//!
+//! The base image is built once with debootstrap into `$BERTH_E2E_DIR` (default
+//! /var/tmp/berth-e2e, outside the repo) and reused by later runs. Each guest takes tens of
+//! seconds to boot under TCG, so the tests are few and do a lot each.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+fn e2e_dir() -> PathBuf {
+    PathBuf::from(std::env::var("BERTH_E2E_DIR").unwrap_or_else(|_| "/var/tmp/berth-e2e".into()))
+}
+
+fn berth(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_berth"))
+        .args(args)
+        .env("BERTH_DIR", e2e_dir())
+        .output()
+        .expect("berth runs")
+}
+
+fn ok(args: &[&str]) -> String {
+    let out = berth(args);
+    assert!(
+        out.status.success(),
+        "berth {args:?} failed ({:?}):\n{}{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn exec(name: &str, cmd: &str) -> String {
+    ok(&["exec", name, "--", "sh", "-c", cmd])
+        .trim()
+        .to_string()
+}
+
+/// Build (or reuse) the image once per test process.
+fn image() {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        std::fs::create_dir_all(e2e_dir()).unwrap();
+        ok(&["image", "build", "debian-12"]);
+    });
+}
+
+/// Deletes the instance when the test ends, however it ends.
+struct Guest(String);
+
+impl Guest {
+    fn new(prefix: &str) -> Guest {
+        let name = format!("{prefix}-{}", std::process::id());
+        let _ = berth(&["delete", "--force", &name]);
+        Guest(name)
+    }
+}
+
+impl Drop for Guest {
+    fn drop(&mut self) {
+        let _ = berth(&["delete", "--force", &self.0]);
+    }
+}
+
+fn registered_id(name: &str) -> String {
+    let v: serde_json::Value = serde_json::from_str(&ok(&["info", "--json", name])).unwrap();
+    v["machine_id"].as_str().unwrap().to_string()
+}
+
+fn state(name: &str) -> serde_json::Value {
+    let v: serde_json::Value = serde_json::from_str(&ok(&["info", "--json", name])).unwrap();
+    v["state"].clone()
+}
+
+#[test]
+fn launch_provision_lifecycle_and_kinds() {
+    image();
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("alice");
+    Command::new(env!("CARGO_BIN_EXE_berth"))
+        .args([
+            "key",
+            "generate",
+            "-f",
+            key.to_str().unwrap(),
+            "-C",
+            "alice@e2e",
+        ])
+        .env("BERTH_DIR", e2e_dir())
+        .output()
+        .unwrap();
+    let alice_pub = std::fs::read_to_string(format!("{}.pub", key.display())).unwrap();
+    let cc = dir.path().join("cc.yaml");
+    std::fs::write(
+        &cc,
+        format!(
+            "#cloud-config\nhostname: e2e-guest\ntimezone: Africa/Dar_es_Salaam\nusers:\n  - default\n  - name: alice\n    shell: /bin/bash\n    ssh_authorized_keys:\n      - {}\nwrite_files:\n  - path: /etc/berth-e2e\n    content: written by cloud-init\n    permissions: '0640'\nruncmd:\n  - [sh, -c, \"echo ran > /root/runcmd-ok\"]\n",
+            alice_pub.trim()
+        ),
+    )
+    .unwrap();
+    let a = Guest::new("e2e-a");
+    ok(&[
+        "launch",
+        "debian-12",
+        &a.0,
+        "--cloud-init",
+        cc.to_str().unwrap(),
+        "--disk-cache",
+        "unsafe",
+        "--disk",
+        "3G",
+        "--timeout",
+        "600",
+    ]);
+    // Every part of the cloud-config took effect.
+    assert_eq!(exec(&a.0, "hostname"), "e2e-guest");
+    assert_eq!(exec(&a.0, "cat /etc/timezone"), "Africa/Dar_es_Salaam");
+    assert_eq!(exec(&a.0, "date +%Z"), "EAT");
+    assert_eq!(exec(&a.0, "getent passwd alice | cut -d: -f7"), "/bin/bash");
+    assert!(exec(&a.0, "sudo cat /home/alice/.ssh/authorized_keys")
+        .contains(alice_pub.split_whitespace().nth(1).unwrap()));
+    assert_eq!(
+        exec(&a.0, "sudo cat /etc/berth-e2e"),
+        "written by cloud-init"
+    );
+    assert_eq!(exec(&a.0, "sudo stat -c %a /etc/berth-e2e"), "640");
+    assert_eq!(exec(&a.0, "sudo cat /root/runcmd-ok"), "ran");
+    // The guest's machine-id is the one berth registered.
+    let id_a = registered_id(&a.0);
+    assert_eq!(exec(&a.0, "cat /etc/machine-id"), id_a);
+    assert_eq!(exec(&a.0, "cat /var/lib/dbus/machine-id"), id_a);
+    // The root file system grew to --disk.
+    let size: u64 = exec(&a.0, "df --output=size -B1 / | tail -1")
+        .parse()
+        .unwrap();
+    assert!(size > 2_500_000_000, "root fs is {size} bytes");
+    // exec passes the exit status through.
+    assert_eq!(
+        berth(&["exec", &a.0, "--", "sh", "-c", "exit 7"])
+            .status
+            .code(),
+        Some(7)
+    );
+
+    // A second guest from the same image, paravirt this time: its own machine-id.
+    let b = Guest::new("e2e-b");
+    ok(&[
+        "launch",
+        "debian-12",
+        &b.0,
+        "--kind",
+        "paravirt",
+        "--disk-cache",
+        "unsafe",
+        "--timeout",
+        "600",
+    ]);
+    let id_b = registered_id(&b.0);
+    assert_ne!(id_a, id_b);
+    assert_eq!(exec(&b.0, "cat /etc/machine-id"), id_b);
+    assert_eq!(exec(&b.0, "hostname"), b.0);
+    assert!(
+        exec(
+            &b.0,
+            "cat /sys/class/dmi/id/sys_vendor 2>/dev/null || echo none"
+        )
+        .len()
+            < 200
+    );
+
+    // stop/start keeps the guest's data.
+    exec(&a.0, "echo kept > /home/berth/data && sync");
+    ok(&["stop", &a.0]);
+    assert_eq!(state(&a.0)["state"], "stopped");
+    ok(&["start", &a.0, "--timeout", "600"]);
+    assert_eq!(exec(&a.0, "cat /home/berth/data"), "kept");
+
+    // kill -9 of QEMU is noticed.
+    let pid =
+        std::fs::read_to_string(e2e_dir().join("instances").join(&b.0).join("qemu.pid")).unwrap();
+    Command::new("kill")
+        .args(["-9", pid.trim()])
+        .status()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let st = state(&b.0);
+    assert_eq!(st["state"], "stopped", "{st}");
+    assert!(
+        st["reason"].as_str().unwrap().contains("no longer running"),
+        "{st}"
+    );
+    // Delete refuses a running guest without --force.
+    let out = berth(&["delete", &a.0]);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("--force"));
+
+    // The audit sees both registered guests, no duplicates.
+    let audit: serde_json::Value =
+        serde_json::from_str(&ok(&["machine-id", "audit", "--json"])).unwrap();
+    assert!(
+        audit["duplicates"].as_object().unwrap().is_empty(),
+        "{audit}"
+    );
+    drop(b);
+    drop(a);
+}
+
+#[test]
+fn full_emulation_guest_boots() {
+    image();
+    let c = Guest::new("e2e-full");
+    ok(&[
+        "launch",
+        "debian-12",
+        &c.0,
+        "--kind",
+        "full",
+        "--disk-cache",
+        "unsafe",
+        "--timeout",
+        "900",
+    ]);
+    // Emulated hardware: an IDE disk and an e1000 NIC, no virtio.
+    let drivers = exec(
+        &c.0,
+        "readlink /sys/class/net/eth0/device/driver; ls /sys/bus/virtio/devices | wc -l",
+    );
+    assert!(drivers.contains("e1000"), "{drivers}");
+    assert!(drivers.ends_with('0'), "no virtio devices: {drivers}");
+    assert_eq!(exec(&c.0, "cat /etc/machine-id"), registered_id(&c.0));
+}
+
+#[test]
+fn bad_requests_change_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_berth"))
+            .args(args)
+            .env("BERTH_DIR", dir.path())
+            .output()
+            .unwrap()
+    };
+    let out = run(&["launch", "no-such-image", "x"]);
+    assert!(
+        !out.status.success()
+            && String::from_utf8_lossy(&out.stderr).contains("no image named \"no-such-image\"")
+    );
+    let out = run(&["launch", "debian-12", "bad/name"]);
+    assert!(!out.status.success());
+    let out = run(&["launch", "debian-12", "x", "--forward", "99999:80"]);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("invalid port"));
+    let out = run(&["stop", "ghost"]);
+    assert!(
+        !out.status.success()
+            && String::from_utf8_lossy(&out.stderr).contains("no instance named \"ghost\"")
+    );
+    assert!(
+        !dir.path().join("instances").exists()
+            || std::fs::read_dir(dir.path().join("instances"))
+                .unwrap()
+                .count()
+                == 0
+    );
+    let _ = Path::new("");
+}
