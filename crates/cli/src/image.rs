@@ -30,6 +30,26 @@ pub enum ImageCommand {
         #[arg(long)]
         mirror: Option<String>,
     },
+    /// Import a qcow2 or raw disk holding an ext4 root file system (whole disk or partitioned).
+    ///
+    /// The kernel and initrd are the given files, or the newest /boot/vmlinuz-* and its
+    /// initrd.img-* read out of the image without mounting it. The disk is stored as qcow2.
+    Import {
+        /// The disk image.
+        file: std::path::PathBuf,
+        /// Image name.
+        #[arg(long)]
+        name: String,
+        /// Kernel for direct boot.
+        #[arg(long, requires = "initrd")]
+        kernel: Option<std::path::PathBuf>,
+        /// Its initrd.
+        #[arg(long, requires = "kernel")]
+        initrd: Option<std::path::PathBuf>,
+        /// Also allow backing files of FILE under DIR.
+        #[arg(long = "allow-backing-dir", value_name = "DIR")]
+        allow: Vec<std::path::PathBuf>,
+    },
     /// List images.
     List {
         /// Print JSON.
@@ -101,6 +121,25 @@ pub fn run(cmd: ImageCommand) -> Result<Status> {
                     started.elapsed().as_secs_f64()
                 );
             }
+            Ok(Status(0))
+        }
+        ImageCommand::Import {
+            file,
+            name,
+            kernel,
+            initrd,
+            allow,
+        } => {
+            let policy = berth_disk::BackingPolicy::new(Some(store.dir.clone()), allow);
+            let meta = store.import(&file, &name, kernel.as_deref(), initrd.as_deref(), &policy)?;
+            println!(
+                "Imported {} as image {} ({} {}, root {}).",
+                file.display(),
+                meta.name,
+                meta.os,
+                meta.release,
+                meta.root.as_deref().unwrap_or("?")
+            );
             Ok(Status(0))
         }
         ImageCommand::List { json } => {

@@ -16,7 +16,7 @@ use berth_disk::ops::{self, CreateOptions};
 use berth_disk::{BackingPolicy, Format};
 use berth_identity::keys;
 use berth_qemu::host::{self as qhost, Accel, AccelRequest};
-use berth_qemu::vm::{debian_cmdline, machine_id_uuid, Forward, Kind, VmSpec};
+use berth_qemu::vm::{guest_cmdline, machine_id_uuid, Forward, Kind, VmSpec};
 use berth_state::{InstanceRow, Store};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -500,7 +500,10 @@ impl Vms {
                 seed: Some(dir.join("seed.iso")),
                 kernel: img_dir.join(&boot.kernel),
                 initrd: Some(img_dir.join(&boot.initrd)),
-                cmdline: debian_cmdline(&machine_id),
+                cmdline: guest_cmdline(
+                    image.root.as_deref().unwrap_or("LABEL=rootfs"),
+                    &machine_id,
+                ),
                 smbios_uuid: machine_id_uuid(&machine_id),
                 forwards,
                 qmp_socket: dir.join("qmp.sock"),
@@ -556,14 +559,51 @@ impl Vms {
             return Ok(Accel::Tcg);
         }
         let dev = qhost::kvm_device(Path::new("/dev/kvm"));
-        let probe = matches!(dev, qhost::KvmDevice::Accessible)
-            .then(|| berth_qemu::probe::run_probe(qemu, true, berth_qemu::probe::KVM_PROBE_LIMIT));
+        let probe = match dev {
+            qhost::KvmDevice::Accessible => Some(self.cached_probe(qemu)),
+            _ => None,
+        };
         let verdict = qhost::kvm_verdict(&dev, probe);
         let (accel, notice) = qhost::choose_accel(req, &verdict)?;
         if let Some(n) = notice {
             progress(&n);
         }
         Ok(accel)
+    }
+
+    /// The KVM probe result, cached in the data folder for as long as the QEMU binary, the
+    /// running kernel and /dev/kvm stay the same (a probe can take seconds on a host where KVM
+    /// is emulated; it is not repeated for every launch).
+    fn cached_probe(&self, qemu: &Path) -> berth_qemu::probe::ProbeRun {
+        let stamp = |p: &Path| {
+            std::fs::metadata(p)
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map(|d| d.as_nanos())
+                .unwrap_or(0)
+        };
+        let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+        let key = format!(
+            "{}|{}|{}|{}",
+            qemu.display(),
+            stamp(qemu),
+            kernel.trim(),
+            stamp(Path::new("/dev/kvm"))
+        );
+        let path = self.dirs.root.join("host-probe.json");
+        if let Ok(text) = std::fs::read_to_string(&path) {
+            if let Ok(v) = serde_json::from_str::<Value>(&text) {
+                if v["key"] == key.as_str() {
+                    if let Ok(run) = serde_json::from_value(v["probe"].clone()) {
+                        return run;
+                    }
+                }
+            }
+        }
+        let run = berth_qemu::probe::run_probe(qemu, true, berth_qemu::probe::KVM_PROBE_LIMIT);
+        let _ = std::fs::write(&path, json!({"key": key, "probe": run}).to_string());
+        run
     }
 
     fn spawn(&self, qemu: &Path, rec: &VmRecord) -> Result<(), VmError> {

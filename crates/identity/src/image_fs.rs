@@ -104,6 +104,7 @@ fn partitions(chain: &Chain) -> Result<Vec<u64>, berth_disk::Error> {
 pub struct ImageFs {
     fs: ext4_view::Ext4,
     path: PathBuf,
+    base: u64,
 }
 
 impl std::fmt::Debug for ImageFs {
@@ -136,6 +137,7 @@ impl ImageFs {
                 return Ok(ImageFs {
                     fs,
                     path: path.to_path_buf(),
+                    base,
                 });
             }
         }
@@ -154,6 +156,56 @@ impl ImageFs {
                 message: format!("{guest}: {e}"),
             }),
         }
+    }
+
+    /// Names in a folder (symlinks followed); `None` if it does not exist.
+    pub fn list(&self, guest: &str) -> Result<Option<Vec<String>>, ImageFsError> {
+        let rd = match self.fs.read_dir(guest) {
+            Ok(rd) => rd,
+            Err(ext4_view::Ext4Error::NotFound) | Err(ext4_view::Ext4Error::NotADirectory) => {
+                return Ok(None)
+            }
+            Err(e) => {
+                return Err(ImageFsError::Ext4 {
+                    path: self.path.clone(),
+                    message: format!("{guest}: {e}"),
+                })
+            }
+        };
+        let mut names = Vec::new();
+        for entry in rd {
+            let entry = entry.map_err(|e| ImageFsError::Ext4 {
+                path: self.path.clone(),
+                message: format!("{guest}: {e}"),
+            })?;
+            if let Ok(n) = entry.file_name().as_str() {
+                if n != "." && n != ".." {
+                    names.push(n.to_string());
+                }
+            }
+        }
+        names.sort();
+        Ok(Some(names))
+    }
+
+    /// The file system's label, if it has one.
+    pub fn label(&self) -> Option<String> {
+        self.fs
+            .label()
+            .to_str()
+            .ok()
+            .map(|s| s.trim_end_matches('\0').to_string())
+            .filter(|s| !s.is_empty())
+    }
+
+    /// The file system's UUID.
+    pub fn uuid(&self) -> String {
+        self.fs.uuid().to_string()
+    }
+
+    /// Whether the file system fills the whole disk (no partition table in front of it).
+    pub fn whole_disk(&self) -> bool {
+        self.base == 0
     }
 
     /// The machine-id, as `dbus-uuidgen --get` would find it in this file system.

@@ -8,7 +8,7 @@
 //! milliseconds; emulated ring 0 would take minutes, so the probe gives up after a few
 //! seconds. The same kernel under TCG is the baseline the report prints.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -44,7 +44,7 @@ pub fn probe_kernel() -> Vec<u8> {
 }
 
 /// How a probe run ended.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "result", rename_all = "kebab-case")]
 pub enum ProbeRun {
     /// The loop ran and the guest reported back.

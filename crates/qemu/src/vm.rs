@@ -261,9 +261,10 @@ impl VmSpec {
     }
 }
 
-/// The kernel command line berth gives a Debian guest.
-pub fn debian_cmdline(machine_id: &str) -> String {
-    format!("root=LABEL=rootfs ro console=ttyS0,115200 net.ifnames=0 systemd.machine_id={machine_id} ds=nocloud")
+/// The kernel command line berth gives a guest whose root file system is `root`
+/// (`LABEL=rootfs`, `UUID=...`).
+pub fn guest_cmdline(root: &str, machine_id: &str) -> String {
+    format!("root={root} ro console=ttyS0,115200 net.ifnames=0 systemd.machine_id={machine_id} ds=nocloud")
 }
 
 #[cfg(test)]
@@ -282,7 +283,7 @@ mod tests {
             seed: Some("/var/lib/berth/instances/web1/seed.iso".into()),
             kernel: "/var/lib/berth/images/debian-12/vmlinuz".into(),
             initrd: Some("/var/lib/berth/images/debian-12/initrd.img".into()),
-            cmdline: debian_cmdline("0123456789abcdef0123456789abcdef"),
+            cmdline: guest_cmdline("LABEL=rootfs", "0123456789abcdef0123456789abcdef"),
             smbios_uuid: machine_id_uuid("0123456789abcdef0123456789abcdef"),
             forwards: vec![
                 Forward {

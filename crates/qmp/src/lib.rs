@@ -230,57 +230,73 @@ impl Qmp {
     }
 }
 
-fn route(line: &str, pending: &Pending, events: &broadcast::Sender<Event>) {
-    let v: Value = match serde_json::from_str(line) {
-        Ok(v) => v,
-        Err(e) => {
-            tracing::warn!(%line, error = %e, "QMP sent a line that is not JSON");
-            return;
-        }
-    };
+/// One message from QEMU after the greeting.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Message {
+    /// An asynchronous event.
+    Event(Event),
+    /// A reply: the command's return value, or QEMU's (class, description).
+    Reply {
+        /// The id the command was sent with.
+        id: u64,
+        /// `return` or `error`.
+        result: Result<Value, (String, String)>,
+    },
+}
+
+/// Parse one line QEMU sent (untrusted input: never panics).
+pub fn parse_message(line: &str) -> Result<Message, String> {
+    let v: Value = serde_json::from_str(line).map_err(|e| format!("not JSON: {e}"))?;
     if v.get("event").is_some() {
-        match serde_json::from_value::<Event>(v) {
-            Ok(ev) => {
-                let _ = events.send(ev);
-            }
-            Err(e) => tracing::warn!(error = %e, "malformed QMP event"),
-        }
-        return;
+        return serde_json::from_value::<Event>(v)
+            .map(Message::Event)
+            .map_err(|e| format!("malformed event: {e}"));
     }
-    let Some(id) = v.get("id").and_then(Value::as_u64) else {
-        tracing::warn!(%line, "QMP reply without a known id");
-        return;
-    };
-    let Some((command, tx)) = pending
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .remove(&id)
-    else {
-        tracing::warn!(id, "QMP reply to no pending command");
-        return;
-    };
+    let id = v
+        .get("id")
+        .and_then(Value::as_u64)
+        .ok_or_else(|| "reply without a numeric id".to_string())?;
     let result = if let Some(r) = v.get("return") {
         Ok(r.clone())
     } else if let Some(e) = v.get("error") {
-        Err(QmpError::Command {
-            command,
-            class: e
-                .get("class")
+        Err((
+            e.get("class")
                 .and_then(Value::as_str)
                 .unwrap_or("")
                 .to_string(),
-            desc: e
-                .get("desc")
+            e.get("desc")
                 .and_then(Value::as_str)
                 .unwrap_or("")
                 .to_string(),
-        })
+        ))
     } else {
-        Err(QmpError::Protocol(format!(
-            "reply with neither return nor error: {line}"
-        )))
+        return Err(format!("reply {id} with neither return nor error"));
     };
-    let _ = tx.send(result);
+    Ok(Message::Reply { id, result })
+}
+
+fn route(line: &str, pending: &Pending, events: &broadcast::Sender<Event>) {
+    match parse_message(line) {
+        Err(why) => tracing::warn!(%line, %why, "QMP sent a line berth cannot use"),
+        Ok(Message::Event(ev)) => {
+            let _ = events.send(ev);
+        }
+        Ok(Message::Reply { id, result }) => {
+            let Some((command, tx)) = pending
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&id)
+            else {
+                tracing::warn!(id, "QMP reply to no pending command");
+                return;
+            };
+            let _ = tx.send(result.map_err(|(class, desc)| QmpError::Command {
+                command,
+                class,
+                desc,
+            }));
+        }
+    }
 }
 
 #[cfg(test)]
