@@ -266,3 +266,62 @@ fn bad_requests_change_nothing() {
     );
     let _ = Path::new("");
 }
+
+/// The `#cloud-config` from the mission's notes, exactly as written there.
+const MISSION: &str = "#cloud-config
+timezone: Africa/Dar_es_Salaam
+hostname: test-system
+
+# update the system when it first boots up
+apt_update: true
+apt_upgrade: true
+
+# install the nginx web server
+packages:
+- nginx
+";
+
+#[test]
+fn the_missions_cloud_config_as_written_serves_nginx() {
+    image();
+    let dir = tempfile::tempdir().unwrap();
+    let cc = dir.path().join("cloudconfig.yaml");
+    std::fs::write(&cc, MISSION).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let g = Guest::new("e2e-nginx");
+    // apt update, upgrade and an install run under emulation: allow for it.
+    ok(&[
+        "launch",
+        "debian-12",
+        &g.0,
+        "--cloud-init",
+        cc.to_str().unwrap(),
+        "--forward",
+        &format!("{port}:80"),
+        "--disk-cache",
+        "unsafe",
+        "--timeout",
+        "1800",
+    ]);
+    assert_eq!(exec(&g.0, "hostname"), "test-system");
+    assert_eq!(exec(&g.0, "cat /etc/timezone"), "Africa/Dar_es_Salaam");
+    assert_eq!(
+        exec(&g.0, "dpkg-query -W -f '${Status}' nginx"),
+        "install ok installed"
+    );
+    // nginx's page, fetched from the host through the forwarded port.
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    s.write_all(b"GET / HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .unwrap();
+    let mut page = String::new();
+    s.read_to_string(&mut page).unwrap();
+    assert!(page.starts_with("HTTP/1.1 200"), "{page}");
+    assert!(page.contains("Welcome to nginx!"), "{page}");
+}
