@@ -1,27 +1,18 @@
 //! The `berth` binary end to end: help and version, exit statuses, JSON output, the README's
 //! main job, and crash safety (kill -9 at random points mid-write and mid-convert).
 
+mod common;
+
 use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
 
 fn berth(args: &[&str], dir: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_berth"))
-        .args(args)
-        .env("BERTH_DIR", dir.join("state"))
-        .output()
-        .expect("berth runs")
+    common::run(&dir.join("state"), args)
 }
 
 fn ok(args: &[&str], dir: &Path) -> String {
-    let out = berth(args, dir);
-    assert!(
-        out.status.success(),
-        "berth {args:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    common::run_ok(&dir.join("state"), args)
 }
 
 fn qemu_check_code(path: &Path) -> (Option<i32>, String) {

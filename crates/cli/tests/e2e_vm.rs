@@ -5,6 +5,8 @@
 //! /var/tmp/berth-e2e, outside the repo) and reused by later runs. Each guest takes tens of
 //! seconds to boot under TCG, so the tests are few and do a lot each.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
@@ -14,23 +16,11 @@ fn e2e_dir() -> PathBuf {
 }
 
 fn berth(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_berth"))
-        .args(args)
-        .env("BERTH_DIR", e2e_dir())
-        .output()
-        .expect("berth runs")
+    common::run(&e2e_dir(), args)
 }
 
 fn ok(args: &[&str]) -> String {
-    let out = berth(args);
-    assert!(
-        out.status.success(),
-        "berth {args:?} failed ({:?}):\n{}{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    common::run_ok(&e2e_dir(), args)
 }
 
 fn exec(name: &str, cmd: &str) -> String {

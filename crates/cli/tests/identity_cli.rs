@@ -2,26 +2,17 @@
 //! every key berth writes, permissions are read back with stat, machine-ids are read out of
 //! ext4 images made by mkfs.ext4, and the audit catches a cloned image.
 
+mod common;
+
 use std::path::Path;
 use std::process::{Command, Output};
 
 fn berth(args: &[&str], dir: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_berth"))
-        .args(args)
-        .env("BERTH_DIR", dir.join("state"))
-        .output()
-        .expect("berth runs")
+    common::run(&dir.join("state"), args)
 }
 
 fn ok(args: &[&str], dir: &Path) -> String {
-    let out = berth(args, dir);
-    assert!(
-        out.status.success(),
-        "berth {args:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    common::run_ok(&dir.join("state"), args)
 }
 
 fn stat_mode(p: &Path) -> String {

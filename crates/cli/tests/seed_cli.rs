@@ -1,26 +1,17 @@
 //! `berth seed create` and `berth seed validate` end to end: blkid sees the cidata label,
 //! xorriso and mtools read every file back byte for byte, and bad user-data stops the write.
 
+mod common;
+
 use std::path::Path;
 use std::process::{Command, Output};
 
 fn berth(args: &[&str], dir: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_berth"))
-        .args(args)
-        .env("BERTH_DIR", dir.join("state"))
-        .output()
-        .expect("berth runs")
+    common::run(&dir.join("state"), args)
 }
 
 fn ok(args: &[&str], dir: &Path) -> String {
-    let out = berth(args, dir);
-    assert!(
-        out.status.success(),
-        "berth {args:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    common::run_ok(&dir.join("state"), args)
 }
 
 fn blkid(p: &Path) -> String {
