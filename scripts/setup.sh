@@ -17,6 +17,8 @@ packages=(
   ipxe-qemu
   debootstrap     # builds the Debian guest images
   pkg-config
+  time            # /usr/bin/time for the benchmarks' peak memory
+  bc
 )
 
 missing=()
