@@ -212,7 +212,13 @@ pub fn launch(a: LaunchArgs) -> Result<Status> {
     };
     let wait = (!a.no_wait).then(|| Duration::from_secs(a.timeout));
     let started = std::time::Instant::now();
-    let rec = vms()?.launch(&o, wait, &mut |m| say(&format!("{}: {m} (+{:.3} s)", o.name, started.elapsed().as_secs_f64())))?;
+    let rec = vms()?.launch(&o, wait, &mut |m| {
+        say(&format!(
+            "{}: {m} (+{:.3} s)",
+            o.name,
+            started.elapsed().as_secs_f64()
+        ))
+    })?;
     if !a.no_wait {
         println!(
             "{} is ready after {:.0} s ({} guest, {}).",

@@ -16,7 +16,9 @@ use berth_disk::ops::{self, CreateOptions};
 use berth_disk::{BackingPolicy, Format};
 use berth_identity::keys;
 use berth_qemu::host::{self as qhost, Accel, AccelRequest};
-use berth_qemu::vm::{guest_cmdline, machine_id_uuid, Forward, Kind, VmSpec};
+use berth_qemu::vm::{
+    guest_cmdline, kind_cmdline, machine_id_uuid, tsc_khz_from_cpuinfo, Forward, Kind, VmSpec,
+};
 use berth_state::{InstanceRow, Store};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -503,6 +505,12 @@ impl Vms {
                 cmdline: guest_cmdline(
                     image.root.as_deref().unwrap_or("LABEL=rootfs"),
                     &machine_id,
+                ) + &kind_cmdline(
+                    o.kind,
+                    accel,
+                    tsc_khz_from_cpuinfo(
+                        &std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default(),
+                    ),
                 ),
                 smbios_uuid: machine_id_uuid(&machine_id),
                 forwards,

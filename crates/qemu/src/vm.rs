@@ -261,6 +261,32 @@ impl VmSpec {
     }
 }
 
+/// The host's TSC frequency in kHz from /proc/cpuinfo's "cpu MHz" (under TCG the guest's TSC
+/// runs at the host's rate).
+pub fn tsc_khz_from_cpuinfo(text: &str) -> Option<u64> {
+    let mhz: f64 = text.lines().find_map(|l| {
+        l.strip_prefix("cpu MHz")?
+            .split(':')
+            .nth(1)?
+            .trim()
+            .parse()
+            .ok()
+    })?;
+    (mhz > 0.0).then(|| (mhz * 1000.0).round() as u64)
+}
+
+/// Extra kernel parameters a guest kind needs on an accelerator. microvm has no HPET and no
+/// ACPI PM timer, so under TCG on a busy host the kernel's quick TSC calibration against the
+/// PIT can fail ("tsc: Unable to calibrate against PIT"), after which the boot hangs with the
+/// clock stuck at 0 (seen in CI with three guests on two cores); telling it the TSC rate
+/// skips that calibration.
+pub fn kind_cmdline(kind: Kind, accel: Accel, tsc_khz: Option<u64>) -> String {
+    match (kind, accel, tsc_khz) {
+        (Kind::Paravirt, Accel::Tcg, Some(khz)) => format!(" tsc_early_khz={khz}"),
+        _ => String::new(),
+    }
+}
+
 /// The kernel command line berth gives a guest whose root file system is `root`
 /// (`LABEL=rootfs`, `UUID=...`).
 pub fn guest_cmdline(root: &str, machine_id: &str) -> String {
@@ -368,6 +394,24 @@ mod tests {
             .iter()
             .any(|x| x.contains("readonly=on") && x.contains("seed.iso")));
         assert_eq!(machine_id_uuid("xyz"), None);
+    }
+
+    #[test]
+    fn microvm_under_tcg_is_told_the_tsc_rate() {
+        assert_eq!(
+            tsc_khz_from_cpuinfo("processor: 0\ncpu MHz\t\t: 2596.150\n"),
+            Some(2_596_150)
+        );
+        assert_eq!(tsc_khz_from_cpuinfo("nothing"), None);
+        assert_eq!(
+            kind_cmdline(Kind::Paravirt, Accel::Tcg, Some(2_596_150)),
+            " tsc_early_khz=2596150"
+        );
+        assert_eq!(kind_cmdline(Kind::Hybrid, Accel::Tcg, Some(2_596_150)), "");
+        assert_eq!(
+            kind_cmdline(Kind::Paravirt, Accel::Kvm, Some(2_596_150)),
+            ""
+        );
     }
 
     #[test]
