@@ -64,15 +64,12 @@ impl Drop for TempGuard {
 
 /// Whether a buffer is all zero bytes.
 pub(crate) fn is_zero(buf: &[u8]) -> bool {
-    let (prefix, words, suffix) = {
-        let mid = buf.len() / 16 * 16;
-        (&buf[..0], &buf[..mid], &buf[mid..])
-    };
-    prefix.is_empty()
-        && words
-            .chunks_exact(16)
-            .all(|c| u128::from_ne_bytes(c.try_into().unwrap_or([1; 16])) == 0)
-        && suffix.iter().all(|&b| b == 0)
+    let words = buf.chunks_exact(16);
+    let tail = words.remainder();
+    words
+        .clone()
+        .all(|c| u128::from_ne_bytes(c.try_into().unwrap_or([1; 16])) == 0)
+        && tail.iter().all(|&b| b == 0)
 }
 
 /// Find the next data offset at or after `off` in a raw file (SEEK_DATA); `None` if only holes
@@ -88,4 +85,19 @@ pub(crate) fn next_data(file: &std::fs::File, off: u64) -> Option<u64> {
 /// End of the data region starting at `off` (SEEK_HOLE).
 pub(crate) fn next_hole(file: &std::fs::File, off: u64, len: u64) -> u64 {
     rustix::fs::seek(file, rustix::fs::SeekFrom::Hole(off)).unwrap_or(len)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn zero_detection_covers_words_and_tail() {
+        assert!(super::is_zero(&[]));
+        assert!(super::is_zero(&[0u8; 4096]));
+        let mut b = vec![0u8; 4099];
+        b[4098] = 1;
+        assert!(!super::is_zero(&b), "a byte in the tail counts");
+        b[4098] = 0;
+        b[17] = 1;
+        assert!(!super::is_zero(&b), "a byte in a word counts");
+    }
 }
