@@ -1,0 +1,179 @@
+//! Running a container from a bundle with `libcontainer` (youki's library): create (the init
+//! process exists, in its namespaces and cgroup, waiting), start (it execs the command), wait,
+//! delete. Between create and start the caller can act on the waiting process, e.g. write cgroup
+//! limits that must hold before the command's first instruction.
+
+use std::path::{Path, PathBuf};
+
+use libcontainer::container::builder::ContainerBuilder;
+use libcontainer::container::Container;
+use libcontainer::oci_spec::runtime::Spec;
+use libcontainer::syscall::syscall::SyscallType;
+use rustix::process::{Pid, WaitOptions};
+use thiserror::Error;
+
+/// Errors from the runtime.
+#[derive(Debug, Error)]
+pub enum RuntimeError {
+    /// libcontainer failed.
+    #[error("container {id}: {what}: {source}")]
+    Libcontainer {
+        /// The container.
+        id: String,
+        /// What berth asked of it.
+        what: &'static str,
+        /// The cause.
+        #[source]
+        source: Box<libcontainer::error::LibcontainerError>,
+    },
+    /// Writing the bundle failed.
+    #[error("writing {path}: {source}")]
+    Bundle {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Waiting for the container's process failed.
+    #[error("waiting for container {id}'s process: {source}")]
+    Wait {
+        /// The container.
+        id: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Where libcontainer keeps its per-container state.
+#[derive(Debug, Clone)]
+pub struct Runtime {
+    root: PathBuf,
+}
+
+/// A created container whose init process waits for [`Created::start`].
+#[derive(Debug)]
+pub struct Created {
+    id: String,
+    container: Container,
+}
+
+impl Runtime {
+    /// libcontainer's state lives under `root` (one folder per container).
+    pub fn new(root: impl Into<PathBuf>) -> Runtime {
+        Runtime { root: root.into() }
+    }
+
+    /// Write `spec` as `bundle/config.json` and create the container `id`. Its process is a
+    /// child of this one, so [`Created::wait`] can reap it.
+    pub fn create(&self, id: &str, bundle: &Path, spec: &Spec) -> Result<Created, RuntimeError> {
+        let config = bundle.join("config.json");
+        let json = serde_json::to_vec_pretty(spec).map_err(|e| RuntimeError::Bundle {
+            path: config.clone(),
+            source: e.into(),
+        })?;
+        std::fs::write(&config, json).map_err(|source| RuntimeError::Bundle {
+            path: config.clone(),
+            source,
+        })?;
+        std::fs::create_dir_all(&self.root).map_err(|source| RuntimeError::Bundle {
+            path: self.root.clone(),
+            source,
+        })?;
+        let lc = |what| {
+            move |e: libcontainer::error::LibcontainerError| RuntimeError::Libcontainer {
+                id: id.to_string(),
+                what,
+                source: Box::new(e),
+            }
+        };
+        let container = ContainerBuilder::new(id.to_string(), SyscallType::default())
+            .with_root_path(&self.root)
+            .map_err(lc("state folder"))?
+            .as_init(bundle)
+            .with_systemd(false)
+            .with_detach(false)
+            .build()
+            .map_err(lc("create"))?;
+        Ok(Created {
+            id: id.to_string(),
+            container,
+        })
+    }
+
+    /// Remove what libcontainer keeps of `id` (its state and cgroup), killing what is left.
+    /// Idempotent.
+    pub fn delete(&self, id: &str) -> Result<(), RuntimeError> {
+        let dir = self.root.join(id);
+        if !dir.exists() {
+            return Ok(());
+        }
+        let mut c = Container::load(dir).map_err(|e| RuntimeError::Libcontainer {
+            id: id.to_string(),
+            what: "load",
+            source: Box::new(e),
+        })?;
+        c.delete(true).map_err(|e| RuntimeError::Libcontainer {
+            id: id.to_string(),
+            what: "delete",
+            source: Box::new(e),
+        })
+    }
+}
+
+impl Created {
+    /// The init process's pid (on the host).
+    pub fn pid(&self) -> Option<u32> {
+        self.container.pid().map(|p| p.as_raw() as u32)
+    }
+
+    /// Let the init process exec the command.
+    pub fn start(&mut self) -> Result<(), RuntimeError> {
+        self.container
+            .start()
+            .map_err(|e| RuntimeError::Libcontainer {
+                id: self.id.clone(),
+                what: "start",
+                source: Box::new(e),
+            })
+    }
+
+    /// Wait for the command to end: its exit status, or 128 + the signal that killed it (as
+    /// shells report it).
+    pub fn wait(&self) -> Result<i32, RuntimeError> {
+        let pid = self
+            .container
+            .pid()
+            .and_then(|p| Pid::from_raw(p.as_raw()))
+            .ok_or_else(|| RuntimeError::Wait {
+                id: self.id.clone(),
+                source: std::io::Error::other("the container has no process"),
+            })?;
+        loop {
+            match rustix::process::waitpid(Some(pid), WaitOptions::empty()) {
+                Ok(Some((_, status))) => {
+                    if let Some(code) = status.exit_status() {
+                        return Ok(code);
+                    }
+                    if let Some(sig) = status.terminating_signal() {
+                        return Ok(128 + sig);
+                    }
+                }
+                Ok(None) => {}
+                Err(rustix::io::Errno::INTR) => {}
+                Err(e) => {
+                    return Err(RuntimeError::Wait {
+                        id: self.id.clone(),
+                        source: e.into(),
+                    })
+                }
+            }
+        }
+    }
+
+    /// The container's id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+}
