@@ -17,6 +17,8 @@ packages=(
   ipxe-qemu
   debootstrap     # builds the Debian guest images
   pkg-config
+  libseccomp-dev  # the containers' seccomp filter (libcontainer links libseccomp)
+  util-linux      # mount -o loop: extracting an image's tree for containers
   time            # /usr/bin/time for the benchmarks' peak memory
   bc
 )

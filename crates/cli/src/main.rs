@@ -1,6 +1,7 @@
 //! `berth`: the command line. Parses arguments into typed requests (clap), hands them to the
 //! library crates, and prints results as text or JSON. No image or guest logic lives here.
 
+mod container;
 mod disk;
 mod host;
 mod image;
@@ -29,6 +30,8 @@ enum Command {
     Disk(disk::DiskCommand),
     /// Launch a VM from a base image, provisioned by cloud-init, and wait until SSH answers.
     Launch(vm::LaunchArgs),
+    /// Run a command in a new container made from a base image; its exit status is berth's.
+    Run(container::RunArgs),
     /// List instances.
     List(vm::ListArgs),
     /// Show one instance.
@@ -75,8 +78,12 @@ enum Command {
 pub struct Status(pub u8);
 
 fn main() -> ExitCode {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("BERTH_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    // `berth list | head` ends quietly, as Unix tools do, instead of panicking on EPIPE.
+    sigpipe::reset();
+    // libcontainer warns about every v1 controller this kernel lacks (hugetlb, net_cls...).
+    let filter = tracing_subscriber::EnvFilter::try_from_env("BERTH_LOG").unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("warn,libcgroups=error,libcontainer=error")
+    });
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -92,6 +99,7 @@ fn main() -> ExitCode {
         Command::Host(cmd) => (host::run(cmd), 1),
         Command::Image(cmd) => (image::run(cmd), 1),
         Command::Launch(a) => (vm::launch(a), 1),
+        Command::Run(a) => (container::run(a), 125),
         Command::List(a) => (vm::list(a), 1),
         Command::Info(a) => (vm::info(a), 1),
         Command::Start(a) => (vm::start(a), 1),

@@ -245,20 +245,23 @@ pub fn launch(a: LaunchArgs) -> Result<Status> {
 
 pub fn list(a: ListArgs) -> Result<Status> {
     let all = vms()?.list()?;
+    let cts = crate::container::containers()?.list()?;
+    let ct_state = |running: bool| if running { "running" } else { "stopped" };
     if a.json {
-        let v: Vec<serde_json::Value> = all
+        let mut v: Vec<serde_json::Value> = all
             .iter()
             .map(|(row, rec, st)| serde_json::json!({"name": row.name, "type": "vm", "state": st, "kind": rec.spec.kind, "accel": rec.spec.accel, "image": rec.image, "ssh_port": rec.ssh_port, "machine_id": rec.machine_id}))
             .collect();
+        v.extend(cts.iter().map(|(row, rec, running)| serde_json::json!({"name": row.name, "type": "container", "state": {"state": ct_state(*running), "reason": row.note}, "image": rec.image, "command": rec.args, "limits": rec.limits})));
         print_json(&v)?;
     } else {
         println!(
-            "{:<20} {:<6} {:<9} {:<9} {:<5} {:<14} SSH",
+            "{:<20} {:<9} {:<9} {:<9} {:<5} {:<14} SSH",
             "NAME", "TYPE", "STATE", "KIND", "ACCEL", "IMAGE"
         );
         for (row, rec, st) in &all {
             println!(
-                "{:<20} {:<6} {:<9} {:<9} {:<5} {:<14} 127.0.0.1:{}",
+                "{:<20} {:<9} {:<9} {:<9} {:<5} {:<14} 127.0.0.1:{}",
                 row.name,
                 "vm",
                 st.to_string(),
@@ -268,11 +271,25 @@ pub fn list(a: ListArgs) -> Result<Status> {
                 rec.ssh_port
             );
         }
+        for (row, rec, running) in &cts {
+            println!(
+                "{:<20} {:<9} {:<9} {:<9} {:<5} {:<14} -",
+                row.name,
+                "container",
+                ct_state(*running),
+                "-",
+                "-",
+                rec.image
+            );
+        }
     }
     Ok(Status(0))
 }
 
 pub fn info(a: InfoArgs) -> Result<Status> {
+    if let Ok(found) = crate::container::containers()?.get(&a.name) {
+        return crate::container::info(found, a.json);
+    }
     let v = vms()?;
     let (row, rec) = v.get(&a.name)?;
     let st = v.state(&row, &rec)?;
@@ -345,7 +362,12 @@ pub fn pause(a: NameArg, p: bool) -> Result<Status> {
 }
 
 pub fn delete(a: DeleteArgs) -> Result<Status> {
-    vms()?.delete(&a.name, a.force)?;
+    let cts = crate::container::containers()?;
+    if cts.get(&a.name).is_ok() {
+        cts.delete(&a.name, a.force)?;
+    } else {
+        vms()?.delete(&a.name, a.force)?;
+    }
     println!("Deleted {}.", a.name);
     Ok(Status(0))
 }

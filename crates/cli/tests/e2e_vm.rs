@@ -7,13 +7,10 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
-use std::sync::OnceLock;
 
-fn e2e_dir() -> PathBuf {
-    PathBuf::from(std::env::var("BERTH_E2E_DIR").unwrap_or_else(|_| "/var/tmp/berth-e2e".into()))
-}
+use common::e2e_dir;
 
 fn berth(args: &[&str]) -> Output {
     common::run(&e2e_dir(), args)
@@ -29,14 +26,7 @@ fn exec(name: &str, cmd: &str) -> String {
         .to_string()
 }
 
-/// Build (or reuse) the image once per test process.
-fn image() {
-    static BUILT: OnceLock<()> = OnceLock::new();
-    BUILT.get_or_init(|| {
-        std::fs::create_dir_all(e2e_dir()).unwrap();
-        ok(&["image", "build", "debian-12"]);
-    });
-}
+use common::e2e_image as image;
 
 /// Deletes the instance when the test ends, however it ends.
 struct Guest(String);

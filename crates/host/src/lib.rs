@@ -2,6 +2,7 @@
 //! on the state database (the machine-id registry and its audit). Instances and the image store
 //! come with the VM and container work. The only user of `berth-state`.
 
+pub mod containers;
 pub mod dirs;
 pub mod images;
 pub mod machine_ids;

@@ -274,6 +274,12 @@ impl Vms {
             .store
             .instance(name)?
             .ok_or_else(|| VmError::NotFound(name.to_string()))?;
+        if row.kind != "vm" {
+            return Err(VmError::Invalid(format!(
+                "{name} is a {}, not a VM; this command works on VMs only",
+                row.kind
+            )));
+        }
         let rec: VmRecord = serde_json::from_str(&row.spec)
             .map_err(|e| VmError::Invalid(format!("stored spec of {name} is unreadable: {e}")))?;
         Ok((row, rec))

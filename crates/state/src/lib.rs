@@ -316,6 +316,15 @@ impl Store {
         Ok(())
     }
 
+    /// Replace an instance's stored runtime record.
+    pub fn set_instance_spec(&self, name: &str, spec: &str) -> Result<(), StateError> {
+        self.conn.execute(
+            "UPDATE instances SET spec = ?2 WHERE name = ?1",
+            params![name, spec],
+        )?;
+        Ok(())
+    }
+
     /// Forget an instance.
     pub fn delete_instance(&self, name: &str) -> Result<bool, StateError> {
         Ok(self

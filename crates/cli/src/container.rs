@@ -1,0 +1,190 @@
+//! `berth run`: a command in a container made from a base image, with cgroup limits; and the
+//! container side of `list` and `delete`.
+
+use crate::output::dirs;
+use crate::Status;
+use anyhow::Result;
+use berth_cgroups::Limits;
+use berth_host::containers::{Containers, RunOptions};
+use clap::Args;
+
+/// Resource limits, shared by the container commands.
+#[derive(Debug, Args, Default)]
+pub struct LimitArgs {
+    /// Memory limit (e.g. 256M); past it the kernel's OOM killer acts inside the container.
+    #[arg(long)]
+    pub memory: Option<String>,
+    /// Memory plus swap (at least --memory).
+    #[arg(long)]
+    pub memory_swap: Option<String>,
+    /// CPU time quota in CPUs (e.g. 0.5 = half a core).
+    #[arg(long)]
+    pub cpus: Option<String>,
+    /// Relative CPU weight, 1-10000 (default 100).
+    #[arg(long)]
+    pub cpu_weight: Option<String>,
+    /// CPUs to run on (e.g. 0-1,3).
+    #[arg(long)]
+    pub cpuset: Option<String>,
+    /// Maximum number of processes and threads.
+    #[arg(long)]
+    pub pids: Option<String>,
+    /// Relative I/O weight, 1-10000 (default 100).
+    #[arg(long)]
+    pub io_weight: Option<String>,
+    /// Per-device I/O caps: DEV:rbps=..,wbps=..,riops=..,wiops=.. (DEV is MAJ:MIN or a path).
+    #[arg(long)]
+    pub io_max: Vec<String>,
+    /// Network rate both ways (e.g. 10mbit).
+    #[arg(long)]
+    pub net_rate: Option<String>,
+}
+
+impl LimitArgs {
+    /// The typed limits; errors name the flag and the value.
+    pub fn limits(&self) -> Result<Limits> {
+        let mut l = Limits::default();
+        let pairs = [
+            ("memory", &self.memory),
+            ("memory-swap", &self.memory_swap),
+            ("cpus", &self.cpus),
+            ("cpu-weight", &self.cpu_weight),
+            ("cpuset", &self.cpuset),
+            ("pids", &self.pids),
+            ("io-weight", &self.io_weight),
+            ("net-rate", &self.net_rate),
+        ];
+        // Memory before swap: the cross-check needs both.
+        for (key, v) in pairs.iter().filter(|(k, _)| *k != "memory-swap") {
+            if let Some(v) = v {
+                l.set(&format!("{key}={v}"))
+                    .map_err(|e| anyhow::anyhow!("--{key}: {e}"))?;
+            }
+        }
+        if let Some(v) = &self.memory_swap {
+            l.set(&format!("memory-swap={v}"))
+                .map_err(|e| anyhow::anyhow!("--memory-swap: {e}"))?;
+        }
+        for v in &self.io_max {
+            l.set(&format!("io-max={v}"))
+                .map_err(|e| anyhow::anyhow!("--io-max: {e}"))?;
+        }
+        Ok(l)
+    }
+}
+
+/// `berth run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Base image (its tree is extracted once and shared read-only).
+    pub image: String,
+    /// Remove the container when the command ends.
+    #[arg(long)]
+    pub rm: bool,
+    /// Name the container (default: generated).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Network: none (its own, loopback only) or host.
+    #[arg(long, default_value = "none", value_parser = ["none", "host"])]
+    pub network: String,
+    #[command(flatten)]
+    pub limits: LimitArgs,
+    /// The command and its arguments.
+    #[arg(last = true, required = true)]
+    pub command: Vec<String>,
+}
+
+pub fn containers() -> Result<Containers> {
+    Ok(Containers::open(&dirs()?)?)
+}
+
+pub fn run(a: RunArgs) -> Result<Status> {
+    let limits = a.limits.limits()?;
+    let code = containers()?.run(&RunOptions {
+        image: a.image,
+        name: a.name,
+        args: a.command,
+        limits,
+        rm: a.rm,
+        host_network: a.network == "host",
+    })?;
+    Ok(Status(code.clamp(0, 255) as u8))
+}
+
+/// `berth info` for a container: configured limits and, while it runs, live usage.
+pub fn info(
+    (row, rec): (
+        berth_state::InstanceRow,
+        berth_host::containers::ContainerRecord,
+    ),
+    json: bool,
+) -> Result<Status> {
+    let cts = containers()?;
+    let running = cts.is_running(&rec);
+    let usage = if running {
+        berth_cgroups::Hierarchy::detect()
+            .ok()
+            .map(|h| berth_cgroups::Cgroup::new(h, &rec.cgroup).usage())
+    } else {
+        None
+    };
+    let state = if running { "running" } else { "stopped" };
+    if json {
+        crate::output::print_json(&serde_json::json!({
+            "name": row.name, "type": "container", "state": {"state": state, "reason": row.note},
+            "image": rec.image, "command": rec.args, "limits": rec.limits, "cgroup": rec.cgroup,
+            "network": rec.network, "pid": rec.pid.filter(|_| running), "exit": rec.exit, "usage": usage,
+        }))?;
+        return Ok(Status(0));
+    }
+    println!("Name:        {}", row.name);
+    if running {
+        println!("State:       running");
+    } else {
+        println!("State:       stopped ({})", row.note);
+    }
+    println!("Type:        container");
+    println!("Image:       {}", rec.image);
+    println!("Command:     {}", rec.args.join(" "));
+    println!("Network:     {}", rec.network);
+    println!("cgroup:      {}", rec.cgroup);
+    let l = &rec.limits;
+    let show = |k: &str, v: Option<String>| {
+        if let Some(v) = v {
+            println!("Limit:       {k} = {v}");
+        }
+    };
+    show("memory", l.memory.map(berth_disk::units::human_size));
+    show(
+        "memory-swap",
+        l.memory_swap.map(berth_disk::units::human_size),
+    );
+    show(
+        "cpus",
+        l.cpus
+            .map(|q| format!("{:.2}", q.quota_us as f64 / q.period_us as f64)),
+    );
+    show("cpu-weight", l.cpu_weight.map(|w| w.to_string()));
+    show("cpuset", l.cpuset.clone());
+    show("pids", l.pids.map(|p| p.to_string()));
+    show("io-weight", l.io_weight.map(|w| w.to_string()));
+    if let Some(u) = usage {
+        if let Some(m) = u.memory_bytes {
+            println!("Memory used: {}", berth_disk::units::human_size(m));
+        }
+        if let Some(c) = u.cpu_ns {
+            println!("CPU time:    {:.3} s", c as f64 / 1e9);
+        }
+        if let Some(p) = u.pids {
+            println!("Processes:   {p}");
+        }
+        if let (Some(r), Some(w)) = (u.io_read_bytes, u.io_write_bytes) {
+            println!(
+                "I/O:         {} read, {} written",
+                berth_disk::units::human_size(r),
+                berth_disk::units::human_size(w)
+            );
+        }
+    }
+    Ok(Status(0))
+}

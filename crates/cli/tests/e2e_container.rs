@@ -1,0 +1,246 @@
+//! End-to-end: containers made from the debian-12 image's tree by `berth run`, on this host's
+//! cgroups (v1 here), each limit shown to bite from inside, not just written.
+
+mod common;
+
+use berth_cgroups::{Cgroup, Hierarchy};
+use common::{e2e_dir, e2e_image};
+use std::process::Output;
+
+fn berth(args: &[&str]) -> Output {
+    common::run(&e2e_dir(), args)
+}
+
+/// `berth run --rm debian-12 [FLAGS] -- sh -c SCRIPT`: (exit code, stdout, stderr).
+fn sh(flags: &[&str], script: &str) -> (i32, String, String) {
+    e2e_image();
+    let mut args = vec!["run", "--rm"];
+    args.extend_from_slice(flags);
+    args.extend_from_slice(&["debian-12", "--", "/bin/sh", "-c", script]);
+    let out = berth(&args);
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn names() -> Vec<String> {
+    let out = common::run_ok(&e2e_dir(), &["list", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn cgroup_of(name: &str) -> Cgroup {
+    Cgroup::new(Hierarchy::detect().unwrap(), format!("berth/{name}"))
+}
+
+#[test]
+fn exit_status_hostname_and_isolation() {
+    let name = format!("ct-iso-{}", std::process::id());
+    let (code, out, err) = sh(
+        &["--name", &name],
+        "hostname; ps -e -o pid= | wc -l; \
+         (echo 1 > /proc/sysrq-trigger) 2>/dev/null && echo sysrq-writable; \
+         mkdir -p /mnt/t && (mount -t tmpfs none /mnt/t 2>/dev/null && echo mounted); \
+         python3 -c 'import ctypes; print(\"init_module\", ctypes.CDLL(None).init_module(None, 0, b\"\"))'; \
+         grep -E '^(NoNewPrivs|Seccomp):' /proc/self/status | tr -s '\\t' ' '; \
+         exit 7",
+    );
+    assert_eq!(code, 7, "exit status passed through; stderr: {err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], name, "{out}");
+    // Only the container's own processes: sh, ps, wc (and the subshell).
+    let procs: usize = lines[1].trim().parse().unwrap();
+    assert!(procs <= 4, "host processes visible: {procs}");
+    assert!(!out.contains("sysrq-writable"), "{out}");
+    assert!(!out.contains("mounted"), "{out}");
+    assert!(
+        out.contains("init_module -1"),
+        "module loading refused: {out}"
+    );
+    assert!(
+        out.contains("NoNewPrivs: 1") && out.contains("Seccomp: 2"),
+        "{out}"
+    );
+    // --rm leaves nothing: no instance, folder or cgroup.
+    assert!(!names().contains(&name));
+    assert!(!e2e_dir().join("containers").join(&name).exists());
+    assert!(!cgroup_of(&name).exists());
+}
+
+#[test]
+fn memory_limit_oom_kills_inside_only() {
+    let (code, out, err) = sh(
+        &["--memory", "64M"],
+        "python3 -c 'x = bytearray(256 * 1024 * 1024); print(\"allocated\")'; echo \"python $?\"",
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(!out.contains("allocated"), "{out}");
+    assert!(out.contains("python 137"), "OOM-killed (SIGKILL): {out}");
+    // Under the limit the same program is fine.
+    let (_, out, _) = sh(
+        &["--memory", "64M"],
+        "python3 -c 'x = bytearray(16 * 1024 * 1024); print(\"allocated\")'",
+    );
+    assert!(out.contains("allocated"), "{out}");
+}
+
+#[test]
+fn pids_limit_stops_a_fork_loop() {
+    // dash gives up at the first refused fork, so the loop is Python's: it counts refusals.
+    let (code, out, err) = sh(
+        &["--pids", "20"],
+        "python3 -c '
+import os, signal, time
+kids, refused = [], 0
+for i in range(60):
+    try:
+        pid = os.fork()
+    except BlockingIOError:
+        refused += 1
+        continue
+    if pid == 0:
+        time.sleep(30)
+        os._exit(0)
+    kids.append(pid)
+for p in (\"/sys/fs/cgroup/pids/pids.current\", \"/sys/fs/cgroup/pids.current\"):
+    if os.path.exists(p):
+        current = int(open(p).read())
+print(len(kids), refused, current)
+for k in kids:
+    os.kill(k, signal.SIGKILL)
+'",
+    );
+    assert_eq!(code, 0, "{err}");
+    let f: Vec<u32> = out.split_whitespace().map(|x| x.parse().unwrap()).collect();
+    let (kids, refused, current) = (f[0], f[1], f[2]);
+    assert!(
+        kids < 20 && refused > 40,
+        "forked {kids}, refused {refused}"
+    );
+    assert!(current <= 20, "pids.current {current} above the limit");
+}
+
+#[test]
+fn cpu_quota_gives_about_half_a_core() {
+    // Busy for 3 s of wall time, then compare the container's CPU time with it.
+    let (code, out, err) = sh(
+        &["--cpus", "0.5"],
+        "python3 -c '
+import time
+def usage():
+    for p in (\"/sys/fs/cgroup/cpuacct/cpuacct.usage\", \"/sys/fs/cgroup/cpu,cpuacct/cpuacct.usage\"):
+        try:
+            return int(open(p).read()) / 1e9
+        except OSError:
+            pass
+    for l in open(\"/sys/fs/cgroup/cpu.stat\"):
+        if l.startswith(\"usage_usec\"):
+            return int(l.split()[1]) / 1e6
+u0, t0 = usage(), time.time()
+while time.time() - t0 < 3:
+    pass
+print((usage() - u0) / (time.time() - t0))
+'",
+    );
+    assert_eq!(code, 0, "{err}");
+    let share: f64 = out.trim().parse().unwrap_or_else(|_| panic!("{out}"));
+    assert!(
+        (0.35..=0.65).contains(&share),
+        "CPU share {share:.2} under --cpus 0.5"
+    );
+}
+
+#[test]
+fn kept_container_lists_and_deletes_clean() {
+    e2e_image();
+    let name = format!("ct-keep-{}", std::process::id());
+    let out = berth(&[
+        "run",
+        "--name",
+        &name,
+        "--pids",
+        "50",
+        "debian-12",
+        "--",
+        "/bin/sh",
+        "-c",
+        "echo kept > /root/f",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let list = common::run_ok(&e2e_dir(), &["list", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&list).unwrap();
+    let me = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["name"] == name.as_str())
+        .unwrap_or_else(|| panic!("{list}"));
+    assert_eq!(me["type"], "container");
+    assert_eq!(me["state"]["state"], "stopped");
+    assert_eq!(me["state"]["reason"], "exited with 0");
+    // The write landed in the container's own upper layer, not in the shared image tree.
+    let upper = e2e_dir()
+        .join("containers")
+        .join(&name)
+        .join("upper/root/f");
+    assert_eq!(std::fs::read_to_string(&upper).unwrap(), "kept\n");
+    assert!(!e2e_dir().join("images/debian-12/rootfs/root/f").exists());
+    // A second run with the same name is refused and changes nothing.
+    let again = berth(&["run", "--name", &name, "debian-12", "--", "/bin/true"]);
+    assert_eq!(again.status.code(), Some(125));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already exists"));
+    common::run_ok(&e2e_dir(), &["delete", &name]);
+    assert!(!names().contains(&name));
+    assert!(!e2e_dir().join("containers").join(&name).exists());
+    assert!(!cgroup_of(&name).exists());
+}
+
+#[test]
+fn bad_limits_are_refused_before_anything_is_made() {
+    e2e_image();
+    for (i, (flag, value)) in [
+        ("--memory", "lots"),
+        ("--cpus", "0"),
+        ("--pids", "0"),
+        ("--cpuset", "3-1"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let name = format!("ct-bad-{}-{i}", std::process::id());
+        let out = berth(&[
+            "run",
+            "--rm",
+            "--name",
+            &name,
+            flag,
+            value,
+            "debian-12",
+            "--",
+            "/bin/true",
+        ]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(125), "{flag} {value}: {err}");
+        assert!(
+            err.contains(flag) && err.contains(value),
+            "{flag} {value}: {err}"
+        );
+        assert!(!names().contains(&name));
+        assert!(!e2e_dir().join("containers").join(&name).exists());
+    }
+    let name = format!("ct-bad-{}-image", std::process::id());
+    let out = berth(&["run", "--name", &name, "no-such-image", "--", "/bin/true"]);
+    assert_eq!(out.status.code(), Some(125));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no-such-image"));
+    assert!(!names().contains(&name));
+}
