@@ -244,3 +244,18 @@ fn bad_limits_are_refused_before_anything_is_made() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("no-such-image"));
     assert!(!names().contains(&name));
 }
+
+#[test]
+fn network_none_has_only_loopback_and_host_shares_the_hosts() {
+    let (_, none, err) = sh(&[], "ls /sys/class/net");
+    assert_eq!(none.split_whitespace().collect::<Vec<_>>(), ["lo"], "{err}");
+    let (_, host, err) = sh(&["--network", "host"], "ls /sys/class/net");
+    let mut ours: Vec<String> = std::fs::read_dir("/sys/class/net")
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    ours.sort();
+    let mut theirs: Vec<String> = host.split_whitespace().map(String::from).collect();
+    theirs.sort();
+    assert_eq!(theirs, ours, "{err}");
+}
