@@ -365,18 +365,18 @@ impl Cgroup {
         Ok(())
     }
 
-    /// The processes in the group.
+    /// The processes in the group and in every group below it (a system container's systemd
+    /// makes its own).
     pub fn pids(&self) -> Result<Vec<u32>, CgroupError> {
         let dir = match &self.hierarchy {
             Hierarchy::V2(_) => self.dir("")?,
             Hierarchy::V1(_) => self.dir("pids").or_else(|_| self.dir("memory"))?,
         };
-        let text = match std::fs::read_to_string(dir.join("cgroup.procs")) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(io_err("reading", &dir)(e)),
-        };
-        Ok(text.lines().filter_map(|l| l.trim().parse().ok()).collect())
+        let mut out = Vec::new();
+        collect_pids(&dir, &mut out)?;
+        out.sort_unstable();
+        out.dedup();
+        Ok(out)
     }
 
     /// Live usage; a figure the kernel does not offer stays `None`.
@@ -421,15 +421,11 @@ impl Cgroup {
         }
     }
 
-    /// Remove the group's directories (deepest first; the group must be empty). Missing
-    /// directories are fine: removal is idempotent.
+    /// Remove the group's directories, child groups first (the groups must be empty).
+    /// Missing directories are fine: removal is idempotent.
     pub fn remove(&self) -> Result<(), CgroupError> {
         for dir in self.dirs() {
-            match std::fs::remove_dir(&dir) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(io_err("removing", &dir)(e)),
-            }
+            remove_tree(&dir)?;
         }
         Ok(())
     }
@@ -484,6 +480,42 @@ fn io_stat_v1(text: &str) -> (Option<u64>, Option<u64>) {
         }
     }
     (Some(r), Some(w))
+}
+
+fn subdirs(dir: &Path) -> Result<Vec<PathBuf>, CgroupError> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(io_err("reading", dir)(e)),
+    };
+    Ok(entries
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_type().map(|t| t.is_dir()).unwrap_or(false))
+        .map(|e| e.path())
+        .collect())
+}
+
+fn collect_pids(dir: &Path, out: &mut Vec<u32>) -> Result<(), CgroupError> {
+    match std::fs::read_to_string(dir.join("cgroup.procs")) {
+        Ok(t) => out.extend(t.lines().filter_map(|l| l.trim().parse::<u32>().ok())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(io_err("reading", dir)(e)),
+    }
+    for sub in subdirs(dir)? {
+        collect_pids(&sub, out)?;
+    }
+    Ok(())
+}
+
+fn remove_tree(dir: &Path) -> Result<(), CgroupError> {
+    for sub in subdirs(dir)? {
+        remove_tree(&sub)?;
+    }
+    match std::fs::remove_dir(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io_err("removing", dir)(e)),
+    }
 }
 
 /// Create a directory; true if it was new.

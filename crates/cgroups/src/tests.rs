@@ -148,16 +148,19 @@ fn v2_create_apply_usage_remove() {
         "8:0 rbytes=100 wbytes=200 rios=1 wios=2\n7:3 rbytes=1 wbytes=2 rios=1 wios=1\n",
     );
     put(&dir.join("cgroup.procs"), "10\n11\n");
+    // A child group (systemd in a system container makes them) counts too.
+    put(&dir.join("init.scope/cgroup.procs"), "12\n");
     let u = g.usage();
     assert_eq!(u.memory_bytes, Some(1234));
     assert_eq!(u.cpu_ns, Some(2_500_000));
     assert_eq!(u.pids, Some(3));
     assert_eq!((u.io_read_bytes, u.io_write_bytes), (Some(101), Some(202)));
-    assert_eq!(g.pids().unwrap(), [10, 11]);
+    assert_eq!(g.pids().unwrap(), [10, 11, 12]);
 
-    // The fake dir holds regular files, which a real cgroup dir never does; empty it first.
+    // The fake dir holds regular files, which a real cgroup dir never does; empty it first,
+    // keeping an empty child group: removal goes depth first.
     std::fs::remove_dir_all(&dir).unwrap();
-    std::fs::create_dir(&dir).unwrap();
+    std::fs::create_dir_all(dir.join("system.slice/ssh.service")).unwrap();
     g.remove().unwrap();
     assert!(!g.exists());
     g.remove().unwrap();

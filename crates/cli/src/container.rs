@@ -11,15 +11,9 @@ use clap::Args;
 /// Resource limits, shared by the container commands.
 #[derive(Debug, Args, Default)]
 pub struct LimitArgs {
-    /// Memory limit (e.g. 256M); past it the kernel's OOM killer acts inside the container.
-    #[arg(long)]
-    pub memory: Option<String>,
     /// Memory plus swap (at least --memory).
     #[arg(long)]
     pub memory_swap: Option<String>,
-    /// CPU time quota in CPUs (e.g. 0.5 = half a core).
-    #[arg(long)]
-    pub cpus: Option<String>,
     /// Relative CPU weight, 1-10000 (default 100).
     #[arg(long)]
     pub cpu_weight: Option<String>,
@@ -41,18 +35,39 @@ pub struct LimitArgs {
 }
 
 impl LimitArgs {
-    /// The typed limits; errors name the flag and the value.
-    pub fn limits(&self) -> Result<Limits> {
+    /// The flags given, by name.
+    pub fn given(&self) -> Vec<&'static str> {
+        let mut v: Vec<&'static str> = [
+            ("memory-swap", self.memory_swap.is_some()),
+            ("cpu-weight", self.cpu_weight.is_some()),
+            ("cpuset", self.cpuset.is_some()),
+            ("pids", self.pids.is_some()),
+            ("io-weight", self.io_weight.is_some()),
+            ("net-rate", self.net_rate.is_some()),
+        ]
+        .iter()
+        .filter(|(_, g)| *g)
+        .map(|(k, _)| *k)
+        .collect();
+        if !self.io_max.is_empty() {
+            v.push("io-max");
+        }
+        v
+    }
+
+    /// The typed limits, with `--memory` and `--cpus` (which VMs read differently); errors name
+    /// the flag and the value.
+    pub fn limits(&self, memory: Option<&String>, cpus: Option<&String>) -> Result<Limits> {
         let mut l = Limits::default();
         let pairs = [
-            ("memory", &self.memory),
-            ("memory-swap", &self.memory_swap),
-            ("cpus", &self.cpus),
-            ("cpu-weight", &self.cpu_weight),
-            ("cpuset", &self.cpuset),
-            ("pids", &self.pids),
-            ("io-weight", &self.io_weight),
-            ("net-rate", &self.net_rate),
+            ("memory", memory),
+            ("memory-swap", self.memory_swap.as_ref()),
+            ("cpus", cpus),
+            ("cpu-weight", self.cpu_weight.as_ref()),
+            ("cpuset", self.cpuset.as_ref()),
+            ("pids", self.pids.as_ref()),
+            ("io-weight", self.io_weight.as_ref()),
+            ("net-rate", self.net_rate.as_ref()),
         ];
         // Memory before swap: the cross-check needs both.
         for (key, v) in pairs.iter().filter(|(k, _)| *k != "memory-swap") {
@@ -87,6 +102,12 @@ pub struct RunArgs {
     /// Network: none (its own, loopback only) or host.
     #[arg(long, default_value = "none", value_parser = ["none", "host"])]
     pub network: String,
+    /// Memory limit (e.g. 256M); past it the kernel's OOM killer acts inside the container.
+    #[arg(long)]
+    pub memory: Option<String>,
+    /// CPU time quota in CPUs (e.g. 0.5 = half a core).
+    #[arg(long)]
+    pub cpus: Option<String>,
     #[command(flatten)]
     pub limits: LimitArgs,
     /// The command and its arguments.
@@ -99,7 +120,7 @@ pub fn containers() -> Result<Containers> {
 }
 
 pub fn run(a: RunArgs) -> Result<Status> {
-    let limits = a.limits.limits()?;
+    let limits = a.limits.limits(a.memory.as_ref(), a.cpus.as_ref())?;
     let code = containers()?.run(&RunOptions {
         image: a.image,
         name: a.name,
@@ -186,5 +207,58 @@ pub fn info(
             );
         }
     }
+    Ok(Status(0))
+}
+
+/// Whether NAME is a container (and not a VM or nothing).
+pub fn is_container(name: &str) -> bool {
+    containers().is_ok_and(|c| c.get(name).is_ok())
+}
+
+/// `berth launch --container`.
+pub fn launch(a: crate::vm::LaunchArgs) -> Result<Status> {
+    if a.disk.is_some() || a.ssh_key.is_some() || !a.forward.is_empty() {
+        anyhow::bail!(
+            "--disk, --ssh-key and --forward are not offered for containers yet (use berth shell/exec)"
+        );
+    }
+    let limits = a.limits.limits(a.memory.as_ref(), a.cpus.as_ref())?;
+    let o = berth_host::containers::LaunchOptions {
+        image: a.image,
+        name: a.name.clone(),
+        limits,
+        cloud_init: a.cloud_init,
+        host_network: a.network.as_deref() == Some("host"),
+    };
+    let wait = (!a.no_wait).then(|| std::time::Duration::from_secs(a.timeout));
+    let started = std::time::Instant::now();
+    containers()?.launch(&o, wait, &mut |m| {
+        eprintln!(
+            "{}: {m} (+{:.3} s)",
+            o.name,
+            started.elapsed().as_secs_f64()
+        )
+    })?;
+    if wait.is_some() {
+        println!(
+            "{} is ready after {:.1} s (system container).",
+            o.name,
+            started.elapsed().as_secs_f64()
+        );
+    } else {
+        println!("{} is starting (system container).", o.name);
+    }
+    println!("Get a shell with: berth shell {}", o.name);
+    Ok(Status(0))
+}
+
+/// `berth start` for a container.
+pub fn start(name: &str, wait: Option<std::time::Duration>) -> Result<Status> {
+    let c = containers()?;
+    c.start(name)?;
+    if let Some(w) = wait {
+        c.wait_ready(name, w)?;
+    }
+    println!("Started {name}.");
     Ok(Status(0))
 }

@@ -28,7 +28,8 @@ enum Command {
     /// Create, inspect, check, convert and snapshot disk images (qcow2 and raw).
     #[command(subcommand)]
     Disk(disk::DiskCommand),
-    /// Launch a VM from a base image, provisioned by cloud-init, and wait until SSH answers.
+    /// Launch a VM (or with --container a system container) from a base image, provisioned by
+    /// cloud-init, and wait until it is ready.
     Launch(vm::LaunchArgs),
     /// Run a command in a new container made from a base image; its exit status is berth's.
     Run(container::RunArgs),
@@ -54,6 +55,8 @@ enum Command {
     Logs(vm::LogsArgs),
     /// Open an SSH session, or run a command over SSH.
     Ssh(vm::SshArgs),
+    /// A login shell in a container (an SSH session for a VM).
+    Shell(vm::NameArg),
     /// Run a command in the instance; its exit status is berth's.
     Exec(vm::ExecArgs),
     /// Base images: build Debian guests with debootstrap, list, remove.
@@ -112,6 +115,7 @@ fn main() -> ExitCode {
         Command::Logs(a) => (vm::logs(a), 1),
         Command::Ssh(a) => (vm::ssh(a), 255),
         Command::Exec(a) => (vm::exec(a), 255),
+        Command::Shell(a) => (vm::shell(a), 255),
         Command::Seed(cmd) => (seed::run(cmd), 2),
         Command::MachineId(cmd) => (machine_id::run(cmd), 1),
     };

@@ -54,12 +54,20 @@ pub struct LaunchArgs {
     pub image: String,
     /// Instance name.
     pub name: String,
-    /// vCPUs.
-    #[arg(long, default_value = "2")]
-    pub cpus: u32,
-    /// Memory.
-    #[arg(long, default_value = "1G", value_parser = size_arg)]
-    pub memory: u64,
+    /// vCPUs (default 2); for a container, its CPU time quota in CPUs (e.g. 0.5).
+    #[arg(long)]
+    pub cpus: Option<String>,
+    /// Memory (default 1G); for a container, its memory limit.
+    #[arg(long)]
+    pub memory: Option<String>,
+    /// A system container instead of a VM: the image's systemd on the host's kernel.
+    #[arg(long)]
+    pub container: bool,
+    /// Container network: none (loopback only) or host.
+    #[arg(long, value_parser = ["none", "host"])]
+    pub network: Option<String>,
+    #[command(flatten)]
+    pub limits: crate::container::LimitArgs,
     /// Disk size (the root file system grows to it at first boot).
     #[arg(long, value_parser = size_arg)]
     pub disk: Option<u64>,
@@ -189,11 +197,28 @@ fn say(msg: &str) {
 }
 
 pub fn launch(a: LaunchArgs) -> Result<Status> {
+    if a.container {
+        return crate::container::launch(a);
+    }
+    if let Some(flag) = a.limits.given().first() {
+        anyhow::bail!("--{flag} is a container limit; add --container, or leave it out for a VM");
+    }
+    if a.network.is_some() {
+        anyhow::bail!("--network is for containers (VMs use user-mode NAT with --forward)");
+    }
+    let cpus: u32 = match &a.cpus {
+        None => 2,
+        Some(c) => c
+            .parse()
+            .map_err(|_| anyhow::anyhow!("--cpus {c:?}: a VM takes a whole number of vCPUs"))?,
+    };
+    let memory = size_arg(a.memory.as_deref().unwrap_or("1G"))
+        .map_err(|e| anyhow::anyhow!("--memory: {e}"))?;
     let o = LaunchOptions {
         image: a.image,
         name: a.name.clone(),
-        cpus: a.cpus,
-        memory_mib: a.memory / (1 << 20),
+        cpus,
+        memory_mib: memory / (1 << 20),
         disk: a.disk,
         cloud_init: a.cloud_init,
         ssh_key: a.ssh_key,
@@ -334,18 +359,31 @@ pub fn info(a: InfoArgs) -> Result<Status> {
 
 pub fn start(a: StartArgs) -> Result<Status> {
     let wait = (!a.no_wait).then(|| Duration::from_secs(a.timeout));
+    if crate::container::is_container(&a.name) {
+        return crate::container::start(&a.name, wait);
+    }
     vms()?.start(&a.name, wait, &mut |m| say(&format!("{}: {m}", a.name)))?;
     println!("Started {}.", a.name);
     Ok(Status(0))
 }
 
 pub fn stop(a: StopArgs) -> Result<Status> {
+    if crate::container::is_container(&a.name) {
+        crate::container::containers()?.stop(&a.name, a.force, Duration::from_secs(a.timeout))?;
+        println!("Stopped {}.", a.name);
+        return Ok(Status(0));
+    }
     vms()?.stop(&a.name, a.force, Duration::from_secs(a.timeout))?;
     println!("Stopped {}.", a.name);
     Ok(Status(0))
 }
 
 pub fn restart(a: StopArgs) -> Result<Status> {
+    if crate::container::is_container(&a.name) {
+        crate::container::containers()?.stop(&a.name, a.force, Duration::from_secs(a.timeout))?;
+        crate::container::start(&a.name, Some(Duration::from_secs(300)))?;
+        return Ok(Status(0));
+    }
     let v = vms()?;
     v.stop(&a.name, a.force, Duration::from_secs(a.timeout))?;
     v.start(&a.name, Some(Duration::from_secs(300)), &mut |m| {
@@ -373,7 +411,11 @@ pub fn delete(a: DeleteArgs) -> Result<Status> {
 }
 
 pub fn logs(a: LogsArgs) -> Result<Status> {
-    let path = vms()?.console_log(&a.name)?;
+    let path = if crate::container::is_container(&a.name) {
+        crate::container::containers()?.console_log(&a.name)?
+    } else {
+        vms()?.console_log(&a.name)?
+    };
     let mut f =
         std::fs::File::open(&path).with_context(|| format!("opening {}", path.display()))?;
     let mut out = std::io::stdout().lock();
@@ -392,6 +434,19 @@ pub fn logs(a: LogsArgs) -> Result<Status> {
     }
 }
 
+/// `berth shell NAME`: a login shell in a container, or an SSH session to a VM.
+pub fn shell(a: NameArg) -> Result<Status> {
+    if crate::container::is_container(&a.name) {
+        let code =
+            crate::container::containers()?.exec(&a.name, vec!["/bin/bash".into(), "-l".into()])?;
+        return Ok(Status(code.clamp(0, 255) as u8));
+    }
+    ssh(SshArgs {
+        name: a.name,
+        command: Vec::new(),
+    })
+}
+
 pub fn ssh(a: SshArgs) -> Result<Status> {
     let mut c = vms()?.ssh_command(&a.name)?;
     if a.command.is_empty() && std::io::stdin().is_terminal() {
@@ -403,6 +458,10 @@ pub fn ssh(a: SshArgs) -> Result<Status> {
 }
 
 pub fn exec(a: ExecArgs) -> Result<Status> {
+    if crate::container::is_container(&a.name) {
+        let code = crate::container::containers()?.exec(&a.name, a.command)?;
+        return Ok(Status(code.clamp(0, 255) as u8));
+    }
     let mut c = vms()?.ssh_command(&a.name)?;
     c.arg("--");
     c.args(a.command.iter().map(|s| shell_quote(s)));

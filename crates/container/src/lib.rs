@@ -10,5 +10,5 @@ pub mod runtime;
 pub mod spec;
 
 pub use rootfs::{Overlay, RootfsError};
-pub use runtime::{Created, Runtime, RuntimeError};
+pub use runtime::{Created, Runtime, RuntimeError, Stdio};
 pub use spec::{Network, Plan, SpecError};

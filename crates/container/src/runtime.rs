@@ -52,6 +52,17 @@ pub struct Runtime {
     root: PathBuf,
 }
 
+/// Where a container's init reads and writes, and whether it is left to run on its own.
+#[derive(Debug, Default)]
+pub struct Stdio {
+    /// Standard input (inherited when `None`).
+    pub stdin: Option<std::fs::File>,
+    /// Standard output (inherited when `None`).
+    pub stdout: Option<std::fs::File>,
+    /// Standard error (inherited when `None`).
+    pub stderr: Option<std::fs::File>,
+}
+
 /// A created container whose init process waits for [`Created::start`].
 #[derive(Debug)]
 pub struct Created {
@@ -67,7 +78,13 @@ impl Runtime {
 
     /// Write `spec` as `bundle/config.json` and create the container `id`. Its process is a
     /// child of this one, so [`Created::wait`] can reap it.
-    pub fn create(&self, id: &str, bundle: &Path, spec: &Spec) -> Result<Created, RuntimeError> {
+    pub fn create(
+        &self,
+        id: &str,
+        bundle: &Path,
+        spec: &Spec,
+        stdio: Stdio,
+    ) -> Result<Created, RuntimeError> {
         let config = bundle.join("config.json");
         let json = serde_json::to_vec_pretty(spec).map_err(|e| RuntimeError::Bundle {
             path: config.clone(),
@@ -88,9 +105,19 @@ impl Runtime {
                 source: Box::new(e),
             }
         };
-        let container = ContainerBuilder::new(id.to_string(), SyscallType::default())
+        let mut builder = ContainerBuilder::new(id.to_string(), SyscallType::default())
             .with_root_path(&self.root)
-            .map_err(lc("state folder"))?
+            .map_err(lc("state folder"))?;
+        if let Some(f) = stdio.stdin {
+            builder = builder.with_stdin(f);
+        }
+        if let Some(f) = stdio.stdout {
+            builder = builder.with_stdout(f);
+        }
+        if let Some(f) = stdio.stderr {
+            builder = builder.with_stderr(f);
+        }
+        let container = builder
             .as_init(bundle)
             .with_systemd(false)
             .with_detach(false)
@@ -100,6 +127,33 @@ impl Runtime {
             id: id.to_string(),
             container,
         })
+    }
+
+    /// Run `args` inside the running container `id` (joining its namespaces and cgroup) and wait
+    /// for it: its exit status, or 128 + the signal that ended it.
+    pub fn exec(
+        &self,
+        id: &str,
+        args: Vec<String>,
+        env: Vec<(String, String)>,
+    ) -> Result<i32, RuntimeError> {
+        let lc = |what| {
+            move |e: libcontainer::error::LibcontainerError| RuntimeError::Libcontainer {
+                id: id.to_string(),
+                what,
+                source: Box::new(e),
+            }
+        };
+        let pid = ContainerBuilder::new(id.to_string(), SyscallType::default())
+            .with_root_path(&self.root)
+            .map_err(lc("state folder"))?
+            .as_tenant()
+            .with_container_args(args)
+            .with_env(env.into_iter().collect())
+            .with_detach(false)
+            .build()
+            .map_err(lc("exec"))?;
+        wait_pid(id, pid.as_raw())
     }
 
     /// Remove what libcontainer keeps of `id` (its state and cgroup), killing what is left.
@@ -142,38 +196,39 @@ impl Created {
     /// Wait for the command to end: its exit status, or 128 + the signal that killed it (as
     /// shells report it).
     pub fn wait(&self) -> Result<i32, RuntimeError> {
-        let pid = self
-            .container
-            .pid()
-            .and_then(|p| Pid::from_raw(p.as_raw()))
-            .ok_or_else(|| RuntimeError::Wait {
-                id: self.id.clone(),
-                source: std::io::Error::other("the container has no process"),
-            })?;
-        loop {
-            match rustix::process::waitpid(Some(pid), WaitOptions::empty()) {
-                Ok(Some((_, status))) => {
-                    if let Some(code) = status.exit_status() {
-                        return Ok(code);
-                    }
-                    if let Some(sig) = status.terminating_signal() {
-                        return Ok(128 + sig);
-                    }
-                }
-                Ok(None) => {}
-                Err(rustix::io::Errno::INTR) => {}
-                Err(e) => {
-                    return Err(RuntimeError::Wait {
-                        id: self.id.clone(),
-                        source: e.into(),
-                    })
-                }
-            }
-        }
+        let pid = self.container.pid().map(|p| p.as_raw()).unwrap_or(0);
+        wait_pid(&self.id, pid)
     }
 
     /// The container's id.
     pub fn id(&self) -> &str {
         &self.id
+    }
+}
+
+/// Reap a child: its exit status, or 128 + the signal that ended it (as shells report it).
+fn wait_pid(id: &str, raw: i32) -> Result<i32, RuntimeError> {
+    let pid = Pid::from_raw(raw).ok_or_else(|| RuntimeError::Wait {
+        id: id.to_string(),
+        source: std::io::Error::other("the container has no process"),
+    })?;
+    loop {
+        match rustix::process::waitpid(Some(pid), WaitOptions::empty()) {
+            Ok(Some((_, status))) => {
+                if let Some(code) = status.exit_status() {
+                    return Ok(code);
+                }
+                if let Some(sig) = status.terminating_signal() {
+                    return Ok(128 + sig);
+                }
+            }
+            Ok(None) | Err(rustix::io::Errno::INTR) => {}
+            Err(e) => {
+                return Err(RuntimeError::Wait {
+                    id: id.to_string(),
+                    source: e.into(),
+                })
+            }
+        }
     }
 }

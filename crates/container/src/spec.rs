@@ -6,11 +6,11 @@
 //! loading, keyrings, mounting, swap, ...); runc's masked and read-only `/proc` and `/sys` paths; a
 //! minimal `/dev` (tmpfs with the standard nodes, devpts, shm, mqueue).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use libcontainer::oci_spec::runtime::{
     Capability, LinuxCapabilitiesBuilder, LinuxNamespace, LinuxNamespaceType, LinuxSeccompAction,
-    LinuxSeccompBuilder, LinuxSyscallBuilder, RootBuilder, Spec,
+    LinuxSeccompBuilder, LinuxSyscallBuilder, MountBuilder, RootBuilder, Spec,
 };
 use thiserror::Error;
 
@@ -107,6 +107,15 @@ pub struct Plan {
     pub network: Network,
     /// Give the process a terminal (for interactive use).
     pub terminal: bool,
+    /// A system container: the image's init (systemd) as PID 1. It gets what podman gives
+    /// systemd: tmpfs on /run, /run/lock and /tmp, a writable cgroup mount (its own subtree,
+    /// through the cgroup namespace), and `container=berth` so systemd knows where it is. It
+    /// keeps the same capabilities and seccomp filter as any container: no CAP_SYS_ADMIN, no
+    /// mounting, so units that want their own namespaces fail and systemd may say `degraded`.
+    pub system: bool,
+    /// A file that stands in for `/dev/console` (bind-mounted over it), so that what init
+    /// prints to the console lands there.
+    pub console: Option<PathBuf>,
 }
 
 /// Build the spec for `plan`.
@@ -182,6 +191,55 @@ pub fn build(plan: &Plan) -> Result<Spec, SpecError> {
     ));
     spec.set_linux(Some(linux));
 
+    if plan.system {
+        let mut mounts = spec.mounts().clone().unwrap_or_default();
+        for m in mounts.iter_mut() {
+            if m.destination() == Path::new("/sys/fs/cgroup") {
+                let opts = m
+                    .options()
+                    .clone()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter(|o| o != "ro")
+                    .chain(std::iter::once("rw".to_string()))
+                    .collect();
+                m.set_options(Some(opts));
+            }
+        }
+        for (dest, opts) in [
+            ("/run", "mode=755,size=20%"),
+            ("/run/lock", "mode=1777,size=5m"),
+            ("/tmp", "mode=1777"),
+        ] {
+            mounts.push(
+                MountBuilder::default()
+                    .destination(dest)
+                    .typ("tmpfs")
+                    .source("tmpfs")
+                    .options(
+                        ["nosuid", "nodev"]
+                            .iter()
+                            .map(|s| s.to_string())
+                            .chain(opts.split(',').map(String::from))
+                            .collect::<Vec<_>>(),
+                    )
+                    .build()?,
+            );
+        }
+        spec.set_mounts(Some(mounts));
+    }
+    if let Some(console) = &plan.console {
+        let mut mounts = spec.mounts().clone().unwrap_or_default();
+        mounts.push(
+            MountBuilder::default()
+                .destination("/dev/console")
+                .typ("bind")
+                .source(console.clone())
+                .options(vec!["bind".to_string(), "rw".to_string()])
+                .build()?,
+        );
+        spec.set_mounts(Some(mounts));
+    }
     Ok(spec)
 }
 
@@ -203,7 +261,42 @@ mod tests {
             cgroups_path: "/berth/web".into(),
             network: Network::None,
             terminal: false,
+            system: false,
+            console: None,
         }
+    }
+
+    #[test]
+    fn system_containers_get_what_systemd_needs_and_nothing_more() {
+        let mut p = plan();
+        p.args = vec!["/sbin/init".into()];
+        p.system = true;
+        let s = build(&p).unwrap();
+        let mounts = s.mounts().as_ref().unwrap();
+        let at = |d: &str| mounts.iter().find(|m| m.destination() == Path::new(d));
+        for d in ["/run", "/run/lock", "/tmp"] {
+            assert_eq!(at(d).unwrap().typ().as_deref(), Some("tmpfs"), "{d}");
+        }
+        let cg = at("/sys/fs/cgroup").unwrap().options().clone().unwrap();
+        assert!(cg.contains(&"rw".to_string()) && !cg.contains(&"ro".to_string()));
+        let caps = s
+            .process()
+            .as_ref()
+            .unwrap()
+            .capabilities()
+            .as_ref()
+            .unwrap();
+        assert!(!caps
+            .bounding()
+            .as_ref()
+            .unwrap()
+            .contains(&Capability::SysAdmin));
+        // An application container keeps the read-only cgroup mount and no extra tmpfs.
+        let app = build(&plan()).unwrap();
+        let app_mounts = app.mounts().as_ref().unwrap();
+        assert!(!app_mounts
+            .iter()
+            .any(|m| m.destination() == Path::new("/run")));
     }
 
     fn ns_types(s: &Spec) -> Vec<LinuxNamespaceType> {

@@ -85,6 +85,30 @@ pub struct ContainerRecord {
     pub exit: Option<i32>,
     /// `none` or `host`.
     pub network: String,
+    /// A system container (systemd as PID 1) rather than one command.
+    #[serde(default)]
+    pub system: bool,
+    /// The machine-id registered for a system container.
+    #[serde(default)]
+    pub machine_id: Option<String>,
+    /// Hostname inside (the cloud-config's `hostname`, else the name).
+    #[serde(default)]
+    pub hostname: Option<String>,
+}
+
+/// What `berth launch --container` asks for.
+#[derive(Debug, Clone)]
+pub struct LaunchOptions {
+    /// Base image.
+    pub image: String,
+    /// Container name.
+    pub name: String,
+    /// Limits.
+    pub limits: Limits,
+    /// The user's cloud-config.
+    pub cloud_init: Option<PathBuf>,
+    /// Share the host's network instead of an isolated one.
+    pub host_network: bool,
 }
 
 /// What `berth run` asks for.
@@ -145,7 +169,13 @@ impl Containers {
     pub fn is_running(&self, rec: &ContainerRecord) -> bool {
         let Some(pid) = rec.pid else { return false };
         std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
-            .map(|t| t.lines().any(|l| l.ends_with(&format!("/{}", rec.cgroup))))
+            .map(|t| {
+                let ours = format!("/{}", rec.cgroup);
+                t.lines().any(|l| {
+                    l.split_once(&ours)
+                        .is_some_and(|(_, rest)| rest.is_empty() || rest.starts_with('/'))
+                })
+            })
             .unwrap_or(false)
     }
 
@@ -188,6 +218,308 @@ impl Containers {
         Ok(tree)
     }
 
+    fn check_new(&self, name: &str, limits: &Limits) -> Result<(), ContainerError> {
+        check_name(name).map_err(|_| {
+            ContainerError::Invalid(format!(
+                "invalid instance name {name:?}: use letters, digits, '-', '_' and '.'"
+            ))
+        })?;
+        if self.store.instance(name)?.is_some() {
+            return Err(ContainerError::Invalid(format!(
+                "an instance named {name:?} already exists"
+            )));
+        }
+        limits
+            .check()
+            .map_err(|e| ContainerError::Invalid(e.to_string()))?;
+        if limits.net_rate.is_some() || !limits.io_max.is_empty() {
+            return Err(ContainerError::Invalid(
+                "--net-rate and --io-max need a bridged network and a --disk, which berth does \
+                 not offer yet"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Launch a system container: the image's systemd as PID 1, its own hostname and a
+    /// registered machine-id, the cloud-config given to cloud-init as NoCloud data, limits in
+    /// place before init runs. With `wait`, returns once systemd is up (`running` or
+    /// `degraded`) and cloud-init is done; a timeout leaves the container for inspection.
+    pub fn launch(
+        &self,
+        o: &LaunchOptions,
+        wait: Option<std::time::Duration>,
+        progress: &mut dyn FnMut(&str),
+    ) -> Result<ContainerRecord, ContainerError> {
+        self.check_new(&o.name, &o.limits)?;
+        let user_text = match &o.cloud_init {
+            Some(p) => Some(
+                crate::vms::read_cloud_config(p)
+                    .map_err(|e| ContainerError::Invalid(e.to_string()))?,
+            ),
+            None => None,
+        };
+        Hierarchy::detect()?;
+        progress("preparing the image's tree");
+        let lower = self.image_tree(&o.image)?;
+        let dir = self.dir(&o.name);
+        std::fs::create_dir_all(dir.parent().unwrap_or(&dir)).map_err(io("creating", &dir))?;
+        std::fs::create_dir(&dir).map_err(io("creating", &dir))?;
+        let made = (|| -> Result<ContainerRecord, ContainerError> {
+            let machine_id = crate::machine_ids::allocate(&self.store, "container", &o.name)
+                .map_err(|e| ContainerError::Invalid(e.to_string()))?
+                .to_string();
+            // Identity goes into the upper layer before it is mounted (so nothing in the image,
+            // such as a symlink, can redirect it).
+            let upper = dir.join("upper");
+            let mut ours = berth_cloudinit::config::GuestConfig {
+                hostname: Some(o.name.clone()),
+                ..Default::default()
+            };
+            ours.extra
+                .insert("manage_etc_hosts".into(), serde_json::json!(true));
+            let merged = berth_cloudinit::config::merge(&ours, user_text.as_deref())
+                .map_err(|e| ContainerError::Invalid(format!("the cloud-config: {e}")))?;
+            let hostname = merged
+                .get("hostname")
+                .and_then(serde_json::Value::as_str)
+                .unwrap_or(&o.name)
+                .to_string();
+            let seed = upper.join("var/lib/cloud/seed/nocloud");
+            for (path, text) in [
+                (upper.join("etc/machine-id"), format!("{machine_id}\n")),
+                (upper.join("etc/hostname"), format!("{hostname}\n")),
+                (
+                    seed.join("user-data"),
+                    berth_cloudinit::config::render(&merged),
+                ),
+                (
+                    seed.join("meta-data"),
+                    berth_cloudinit::seed::meta_data(&format!("iid-{machine_id}"), Some(&hostname)),
+                ),
+            ] {
+                let parent = path.parent().unwrap_or(&upper);
+                std::fs::create_dir_all(parent).map_err(io("creating", parent))?;
+                std::fs::write(&path, text).map_err(io("writing", &path))?;
+            }
+            // /dev/console is a log file, not a terminal: no getty on it.
+            let units = upper.join("etc/systemd/system");
+            std::fs::create_dir_all(&units).map_err(io("creating", &units))?;
+            let mask = units.join("console-getty.service");
+            std::os::unix::fs::symlink("/dev/null", &mask).map_err(io("creating", &mask))?;
+            let cgroup = Cgroup::new(Hierarchy::detect()?, format!("berth/{}", o.name));
+            let rec = ContainerRecord {
+                image: o.image.clone(),
+                args: vec!["/sbin/init".into()],
+                limits: o.limits.clone(),
+                io: Vec::new(),
+                cgroup: cgroup.relative().to_string_lossy().into_owned(),
+                pid: None,
+                exit: None,
+                network: if o.host_network { "host" } else { "none" }.into(),
+                system: true,
+                machine_id: Some(machine_id),
+                hostname: Some(hostname),
+            };
+            self.store.insert_instance(&InstanceRow {
+                name: o.name.clone(),
+                kind: "container".into(),
+                image: o.image.clone(),
+                spec: serde_json::to_string(&rec).expect("record serialises"),
+                desired: "running".into(),
+                note: String::new(),
+                created_at: unix_now() as i64,
+            })?;
+            progress("starting systemd");
+            self.boot(&o.name, &lower, rec)
+        })();
+        let rec = match made {
+            Ok(rec) => rec,
+            Err(e) => {
+                let cgroup = Cgroup::new(Hierarchy::detect()?, format!("berth/{}", o.name));
+                if let Some(pid) = self.get(&o.name).ok().and_then(|(_, r)| r.pid) {
+                    kill(pid, "KILL");
+                }
+                let _ = self.remove_all(&o.name, &cgroup);
+                let _ = self.store.release_machine_id("container", &o.name);
+                return Err(e);
+            }
+        };
+        if let Some(limit) = wait {
+            progress("waiting for systemd and cloud-init");
+            self.wait_ready(&o.name, limit)?;
+        }
+        Ok(rec)
+    }
+
+    /// Mount the root, create the container with systemd as init (console output to
+    /// `console.log`), write the limits, start it, and record its pid.
+    fn boot(
+        &self,
+        name: &str,
+        lower: &Path,
+        mut rec: ContainerRecord,
+    ) -> Result<ContainerRecord, ContainerError> {
+        let dir = self.dir(name);
+        let overlay = Overlay::under(&dir, lower);
+        overlay.mount()?;
+        let cgroup = Cgroup::new(Hierarchy::detect()?, &rec.cgroup);
+        let plan = Plan {
+            rootfs: overlay.merged.clone(),
+            args: rec.args.clone(),
+            env: vec!["container=berth".into()],
+            hostname: rec.hostname.clone().unwrap_or_else(|| name.to_string()),
+            cgroups_path: Path::new("/").join(cgroup.relative()),
+            network: if rec.network == "host" {
+                Network::Host
+            } else {
+                Network::None
+            },
+            terminal: false,
+            system: true,
+            console: Some(dir.join("console.log")),
+        };
+        let log_path = dir.join("console.log");
+        let spec = spec::build(&plan)?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .map_err(io("opening", &log_path))?;
+        let log2 = log.try_clone().map_err(io("opening", &log_path))?;
+        let null =
+            std::fs::File::open("/dev/null").map_err(io("opening", Path::new("/dev/null")))?;
+        let runtime = self.runtime();
+        // A container left over from a stop that was cut short.
+        runtime.delete(name)?;
+        let mut created = runtime.create(
+            name,
+            &dir,
+            &spec,
+            berth_container::Stdio {
+                stdin: Some(null),
+                stdout: Some(log),
+                stderr: Some(log2),
+            },
+        )?;
+        rec.pid = created.pid();
+        self.store.set_instance_spec(
+            name,
+            &serde_json::to_string(&rec).expect("record serialises"),
+        )?;
+        cgroup.create()?;
+        cgroup.apply(&rec.limits, &rec.io, None)?;
+        created.start()?;
+        self.store.set_instance_state(name, "running", "")?;
+        Ok(rec)
+    }
+
+    /// Wait until systemd reports `running` or `degraded` and cloud-init is done.
+    pub fn wait_ready(&self, name: &str, limit: std::time::Duration) -> Result<(), ContainerError> {
+        let secs = limit.as_secs().max(1).to_string();
+        // systemctl answers only once systemd's private socket is up: ask until it does.
+        let script = "while :; do s=$(systemctl is-system-running --wait 2>/dev/null); \
+                        [ -n \"$s\" ] && break; sleep 0.1; done; \
+                      case \"$s\" in running|degraded) ;; *) echo \"systemd: $s\" >&2; exit 3;; esac; \
+                      cloud-init status --wait >/dev/null || { cloud-init status --long >&2; exit 4; }";
+        let code = self.exec(
+            name,
+            vec![
+                "timeout".into(),
+                secs.clone(),
+                "sh".into(),
+                "-c".into(),
+                script.into(),
+            ],
+        )?;
+        match code {
+            0 => Ok(()),
+            124 => Err(ContainerError::Invalid(format!(
+                "{name} was not ready after {secs} s (left running for inspection: berth logs {name}, berth shell {name})"
+            ))),
+            3 => Err(ContainerError::Invalid(format!(
+                "{name}: systemd did not come up (left running: berth logs {name})"
+            ))),
+            _ => Err(ContainerError::Invalid(format!(
+                "{name}: cloud-init failed (left running: berth exec {name} -- cloud-init status --long)"
+            ))),
+        }
+    }
+
+    /// Run a command in a running container; its exit status.
+    pub fn exec(&self, name: &str, args: Vec<String>) -> Result<i32, ContainerError> {
+        let (_, rec) = self.get(name)?;
+        if !self.is_running(&rec) {
+            return Err(ContainerError::Invalid(format!(
+                "{name} is not running (berth start {name})"
+            )));
+        }
+        Ok(self
+            .runtime()
+            .exec(name, args, vec![("container".into(), "berth".into())])?)
+    }
+
+    /// Stop a container: SIGRTMIN+3 to systemd (a clean halt) or SIGTERM to a command, SIGKILL
+    /// to whatever is left after `timeout` (at once with `force`). Its files stay.
+    pub fn stop(
+        &self,
+        name: &str,
+        force: bool,
+        timeout: std::time::Duration,
+    ) -> Result<(), ContainerError> {
+        let (_, rec) = self.get(name)?;
+        let cgroup = Cgroup::new(Hierarchy::detect()?, &rec.cgroup);
+        if self.is_running(&rec) {
+            let pid = rec.pid.unwrap_or(0);
+            if !force {
+                kill(pid, if rec.system { "RTMIN+3" } else { "TERM" });
+                let deadline = std::time::Instant::now() + timeout;
+                while std::time::Instant::now() < deadline && self.is_running(&rec) {
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                }
+            }
+            for p in cgroup.pids()? {
+                kill(p, "KILL");
+            }
+        }
+        for _ in 0..200 {
+            if cgroup.pids()?.is_empty() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(25));
+        }
+        cgroup.remove()?;
+        self.runtime().delete(name)?;
+        Overlay::under(&self.dir(name), Path::new("/")).unmount()?;
+        self.store
+            .set_instance_state(name, "stopped", if force { "killed" } else { "stopped" })?;
+        Ok(())
+    }
+
+    /// Start a stopped system container again (its files kept).
+    pub fn start(&self, name: &str) -> Result<ContainerRecord, ContainerError> {
+        let (_, rec) = self.get(name)?;
+        if self.is_running(&rec) {
+            return Err(ContainerError::Invalid(format!(
+                "{name} is already running"
+            )));
+        }
+        if !rec.system {
+            return Err(ContainerError::Invalid(format!(
+                "{name} ran one command (berth run); run it again with berth run"
+            )));
+        }
+        let lower = self.image_tree(&rec.image)?;
+        self.boot(name, &lower, rec)
+    }
+
+    /// A container's console log.
+    pub fn console_log(&self, name: &str) -> Result<PathBuf, ContainerError> {
+        self.get(name)?;
+        Ok(self.dir(name).join("console.log"))
+    }
+
     /// Run a command in a new container and wait for it: the command's exit status (128 + N when
     /// signal N ended it). With `rm` nothing of the container is left afterwards; otherwise it
     /// stays, stopped, until `berth delete`.
@@ -196,29 +528,10 @@ impl Containers {
             Some(n) => n.clone(),
             None => format!("run-{}-{}", std::process::id(), unix_now() % 100_000),
         };
-        check_name(&name).map_err(|_| {
-            ContainerError::Invalid(format!(
-                "invalid instance name {name:?}: use letters, digits, '-', '_' and '.'"
-            ))
-        })?;
-        if self.store.instance(&name)?.is_some() {
-            return Err(ContainerError::Invalid(format!(
-                "an instance named {name:?} already exists"
-            )));
-        }
+        self.check_new(&name, &o.limits)?;
         if o.args.is_empty() {
             return Err(ContainerError::Invalid(
                 "no command given: berth run IMAGE -- CMD [ARGS...]".into(),
-            ));
-        }
-        o.limits
-            .check()
-            .map_err(|e| ContainerError::Invalid(e.to_string()))?;
-        if o.limits.net_rate.is_some() || !o.limits.io_max.is_empty() {
-            return Err(ContainerError::Invalid(
-                "--net-rate and --io-max need a bridged network and a --disk; berth run does not \
-                 offer those yet"
-                    .into(),
             ));
         }
         let hierarchy = Hierarchy::detect()?;
@@ -233,6 +546,9 @@ impl Containers {
             pid: None,
             exit: None,
             network: if o.host_network { "host" } else { "none" }.into(),
+            system: false,
+            machine_id: None,
+            hostname: None,
         };
         let row = InstanceRow {
             name: name.clone(),
@@ -291,10 +607,12 @@ impl Containers {
                 Network::None
             },
             terminal: false,
+            system: false,
+            console: None,
         };
         let spec = spec::build(&plan)?;
         let runtime = self.runtime();
-        let mut created = runtime.create(name, &dir, &spec)?;
+        let mut created = runtime.create(name, &dir, &spec, Default::default())?;
         // The init process waits in its cgroup: the limits hold before the command starts.
         cgroup.create()?;
         cgroup.apply(&o.limits, &rec.io, None)?;
@@ -312,13 +630,15 @@ impl Containers {
     /// Remove everything of a container: libcontainer's state, its cgroup, the overlay mount,
     /// its folder and its row.
     fn remove_all(&self, name: &str, cgroup: &Cgroup) -> Result<(), ContainerError> {
+        // Our cgroup first, child groups included (systemd makes them, and libcontainer's own
+        // removal gives up on a group that has children).
+        if cgroup.exists() {
+            cgroup.remove()?;
+        }
         self.runtime().delete(name)?;
         let dir = self.dir(name);
         let overlay = Overlay::under(&dir, Path::new("/"));
         overlay.unmount()?;
-        if cgroup.exists() {
-            cgroup.remove()?;
-        }
         if dir.exists() {
             std::fs::remove_dir_all(&dir).map_err(io("removing", &dir))?;
         }
@@ -351,8 +671,24 @@ impl Containers {
             }
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
-        self.remove_all(name, &cgroup)
+        for p in cgroup.pids()? {
+            kill(p, "KILL");
+        }
+        self.remove_all(name, &cgroup)?;
+        self.store.release_machine_id("container", name)?;
+        Ok(())
     }
+}
+
+/// Send a signal by name (`kill -s`, which knows the real-time signals' numbers on this libc).
+fn kill(pid: u32, signal: &str) {
+    if pid == 0 {
+        return;
+    }
+    let _ = std::process::Command::new("kill")
+        .args(["-s", signal, &pid.to_string()])
+        .stderr(std::process::Stdio::null())
+        .status();
 }
 
 fn unix_now() -> u64 {

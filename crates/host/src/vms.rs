@@ -192,6 +192,39 @@ fn check_port(port: u16) -> Result<(), VmError> {
         })
 }
 
+/// Read a user's cloud-config and refuse it, naming FILE:LINE:COLUMN, when cloud-init's schema
+/// finds errors (warnings pass).
+pub fn read_cloud_config(p: &Path) -> Result<String, VmError> {
+    let t = std::fs::read_to_string(p).map_err(io("reading", p))?;
+    let (_, problems) =
+        berth_cloudinit::userdata::validate_text(&t, Some(Path::new("/usr/share/zoneinfo")));
+    let errors: Vec<String> = problems
+        .iter()
+        .filter(|x| x.severity == Severity::Error)
+        .map(|x| {
+            format!(
+                "{}:{}:{}: {}{}",
+                p.display(),
+                x.line,
+                x.column,
+                if x.path.is_empty() {
+                    String::new()
+                } else {
+                    format!("{}: ", x.path)
+                },
+                x.message
+            )
+        })
+        .collect();
+    if !errors.is_empty() {
+        return Err(VmError::Invalid(format!(
+            "the cloud-config has errors; nothing was created:\n{}",
+            errors.join("\n")
+        )));
+    }
+    Ok(t)
+}
+
 /// The last `n` lines of a file.
 pub fn tail(path: &Path, n: usize) -> String {
     let text = std::fs::read(path)
@@ -377,38 +410,7 @@ impl Vms {
             VmError::Invalid(format!("image {} has no kernel for direct boot", o.image))
         })?;
         let user_text = match &o.cloud_init {
-            Some(p) => {
-                let t = std::fs::read_to_string(p).map_err(io("reading", p))?;
-                let (_, problems) = berth_cloudinit::userdata::validate_text(
-                    &t,
-                    Some(Path::new("/usr/share/zoneinfo")),
-                );
-                let errors: Vec<String> = problems
-                    .iter()
-                    .filter(|x| x.severity == Severity::Error)
-                    .map(|x| {
-                        format!(
-                            "{}:{}:{}: {}{}",
-                            p.display(),
-                            x.line,
-                            x.column,
-                            if x.path.is_empty() {
-                                String::new()
-                            } else {
-                                format!("{}: ", x.path)
-                            },
-                            x.message
-                        )
-                    })
-                    .collect();
-                if !errors.is_empty() {
-                    return Err(VmError::Invalid(format!(
-                        "the cloud-config has errors; nothing was created:\n{}",
-                        errors.join("\n")
-                    )));
-                }
-                Some(t)
-            }
+            Some(p) => Some(read_cloud_config(p)?),
             None => None,
         };
         for f in &o.forwards {
