@@ -152,7 +152,8 @@ pub fn info(
     let state = if running { "running" } else { "stopped" };
     if json {
         crate::output::print_json(&serde_json::json!({
-            "name": row.name, "type": "container", "state": {"state": state, "reason": row.note},
+            "name": row.name, "type": "container", "state": {"state": state, "reason": cts.reason(&row, running)},
+            "machine_id": rec.machine_id, "hostname": rec.hostname, "system": rec.system,
             "image": rec.image, "command": rec.args, "limits": rec.limits, "cgroup": rec.cgroup,
             "network": rec.network, "pid": rec.pid.filter(|_| running), "exit": rec.exit, "usage": usage,
         }))?;
@@ -162,9 +163,19 @@ pub fn info(
     if running {
         println!("State:       running");
     } else {
-        println!("State:       stopped ({})", row.note);
+        println!("State:       stopped ({})", cts.reason(&row, running));
     }
-    println!("Type:        container");
+    println!(
+        "Type:        {}",
+        if rec.system {
+            "system container"
+        } else {
+            "container (one command)"
+        }
+    );
+    if let Some(id) = &rec.machine_id {
+        println!("Machine-id:  {id}");
+    }
     println!("Image:       {}", rec.image);
     println!("Command:     {}", rec.args.join(" "));
     println!("Network:     {}", rec.network);

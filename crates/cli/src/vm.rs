@@ -270,14 +270,15 @@ pub fn launch(a: LaunchArgs) -> Result<Status> {
 
 pub fn list(a: ListArgs) -> Result<Status> {
     let all = vms()?.list()?;
-    let cts = crate::container::containers()?.list()?;
+    let ctl = crate::container::containers()?;
+    let cts = ctl.list()?;
     let ct_state = |running: bool| if running { "running" } else { "stopped" };
     if a.json {
         let mut v: Vec<serde_json::Value> = all
             .iter()
             .map(|(row, rec, st)| serde_json::json!({"name": row.name, "type": "vm", "state": st, "kind": rec.spec.kind, "accel": rec.spec.accel, "image": rec.image, "ssh_port": rec.ssh_port, "machine_id": rec.machine_id}))
             .collect();
-        v.extend(cts.iter().map(|(row, rec, running)| serde_json::json!({"name": row.name, "type": "container", "state": {"state": ct_state(*running), "reason": row.note}, "image": rec.image, "command": rec.args, "limits": rec.limits})));
+        v.extend(cts.iter().map(|(row, rec, running)| serde_json::json!({"name": row.name, "type": "container", "state": {"state": ct_state(*running), "reason": ctl.reason(row, *running)}, "image": rec.image, "command": rec.args, "limits": rec.limits})));
         print_json(&v)?;
     } else {
         println!(

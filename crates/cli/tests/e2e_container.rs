@@ -259,3 +259,156 @@ fn network_none_has_only_loopback_and_host_shares_the_hosts() {
     theirs.sort();
     assert_eq!(theirs, ours, "{err}");
 }
+
+fn ok(args: &[&str]) -> String {
+    common::run_ok(&e2e_dir(), args)
+}
+
+fn exec(name: &str, script: &str) -> String {
+    ok(&["exec", name, "--", "sh", "-c", script])
+        .trim()
+        .to_string()
+}
+
+fn info(name: &str) -> serde_json::Value {
+    serde_json::from_str(&ok(&["info", "--json", name])).unwrap()
+}
+
+/// Deletes the container when the test ends, however it ends.
+struct Ct(String);
+
+impl Drop for Ct {
+    fn drop(&mut self) {
+        let _ = berth(&["delete", "--force", &self.0]);
+    }
+}
+
+#[test]
+fn system_container_boots_systemd_with_its_own_identity() {
+    e2e_image();
+    let a = Ct(format!("ct-sys-{}", std::process::id()));
+    let b = Ct(format!("ct-sys2-{}", std::process::id()));
+    let cc = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/data/container-cloud-config.yaml"
+    );
+    ok(&[
+        "launch",
+        "debian-12",
+        &a.0,
+        "--container",
+        "--cloud-init",
+        cc,
+        "--memory",
+        "512M",
+        "--pids",
+        "400",
+        "--timeout",
+        "120",
+    ]);
+    ok(&[
+        "launch",
+        "debian-12",
+        &b.0,
+        "--container",
+        "--timeout",
+        "120",
+    ]);
+
+    // systemd is PID 1 and came up; the cloud-config's modules ran.
+    assert_eq!(exec(&a.0, "cat /proc/1/comm"), "systemd");
+    let state = exec(&a.0, "systemctl is-system-running || true");
+    assert!(state == "running" || state == "degraded", "{state}");
+    assert_eq!(exec(&a.0, "hostname"), "ct-e2e");
+    assert_eq!(exec(&a.0, "cat /etc/timezone"), "Africa/Dar_es_Salaam");
+    assert_eq!(exec(&a.0, "cat /etc/berth-ct"), "hello container");
+    assert_eq!(exec(&a.0, "stat -c %a /etc/berth-ct"), "640");
+    assert_eq!(exec(&a.0, "cat /root/runcmd-ok"), "ran");
+    assert_eq!(exec(&b.0, "hostname"), b.0);
+
+    // Its own machine-id: the registered one, unlike the host's and the other container's.
+    let id_a = exec(&a.0, "cat /etc/machine-id");
+    let id_b = exec(&b.0, "cat /etc/machine-id");
+    assert_eq!(info(&a.0)["machine_id"], id_a.as_str());
+    assert_eq!(info(&b.0)["machine_id"], id_b.as_str());
+    assert_ne!(id_a, id_b);
+    if let Ok(host) = std::fs::read_to_string("/etc/machine-id") {
+        assert_ne!(host.trim(), id_a);
+    }
+
+    // Isolation from inside a system container too.
+    let host_pids = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .parse::<u32>()
+                .is_ok()
+        })
+        .count();
+    let inside: usize = exec(&a.0, "ls /proc | grep -c '^[0-9]*$'").parse().unwrap();
+    assert!(
+        inside < host_pids && inside < 40,
+        "{inside} processes visible"
+    );
+    assert!(!exec(&a.0, "ps -e -o comm=").contains("berth"));
+    assert_eq!(
+        exec(
+            &a.0,
+            "(echo 1 > /proc/sysrq-trigger) 2>/dev/null && echo writable || echo refused"
+        ),
+        "refused"
+    );
+    assert_eq!(
+        exec(
+            &a.0,
+            "mount -t tmpfs none /mnt 2>/dev/null && echo mounted || echo refused"
+        ),
+        "refused"
+    );
+    assert!(exec(
+        &a.0,
+        "python3 -c 'import ctypes; print(ctypes.CDLL(None).init_module(None, 0, b\"\"))'"
+    )
+    .contains("-1"));
+    // Limits apply to the whole system container.
+    let usage = &info(&a.0)["usage"];
+    assert!(usage["memory_bytes"].as_u64().unwrap() > 0, "{usage}");
+    assert!(usage["pids"].as_u64().unwrap() >= 3, "{usage}");
+
+    // stop/start keeps the container's data and identity.
+    exec(&a.0, "echo kept > /root/data");
+    ok(&["stop", &a.0]);
+    assert_eq!(info(&a.0)["state"]["state"], "stopped");
+    ok(&["start", &a.0]);
+    assert_eq!(exec(&a.0, "cat /root/data"), "kept");
+    assert_eq!(exec(&a.0, "cat /etc/machine-id"), id_a);
+
+    // Killed from outside: seen as stopped, with the reason; start brings it back.
+    let pid = info(&b.0)["pid"].as_u64().unwrap();
+    std::process::Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let st = &info(&b.0)["state"];
+    assert_eq!(st["state"], "stopped", "{st}");
+    assert!(
+        st["reason"].as_str().unwrap().contains("outside berth"),
+        "{st}"
+    );
+    ok(&["start", &b.0]);
+    assert_eq!(exec(&b.0, "cat /etc/machine-id"), id_b);
+
+    // delete refuses a running container, then removes everything.
+    let refused = berth(&["delete", &a.0]);
+    assert!(!refused.status.success());
+    ok(&["delete", "--force", &a.0]);
+    assert!(!names().contains(&a.0));
+    assert!(!e2e_dir().join("containers").join(&a.0).exists());
+    assert!(!cgroup_of(&a.0).exists());
+    let audit = ok(&["machine-id", "audit"]);
+    assert!(!audit.contains(&id_a), "{audit}");
+}

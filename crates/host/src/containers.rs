@@ -179,6 +179,15 @@ impl Containers {
             .unwrap_or(false)
     }
 
+    /// Why a container is not running when berth did not stop it.
+    pub fn reason(&self, row: &InstanceRow, running: bool) -> String {
+        if !running && row.desired == "running" {
+            "its init ended outside berth (killed or crashed)".into()
+        } else {
+            row.note.clone()
+        }
+    }
+
     /// All containers with whether each runs.
     pub fn list(&self) -> Result<Vec<(InstanceRow, ContainerRecord, bool)>, ContainerError> {
         let mut out = Vec::new();
@@ -391,7 +400,13 @@ impl Containers {
         let null =
             std::fs::File::open("/dev/null").map_err(io("opening", Path::new("/dev/null")))?;
         let runtime = self.runtime();
-        // A container left over from a stop that was cut short.
+        // What a container killed from outside, or a stop cut short, left behind.
+        if cgroup.exists() {
+            for p in cgroup.pids()? {
+                kill(p, "KILL");
+            }
+            cgroup.remove()?;
+        }
         runtime.delete(name)?;
         let mut created = runtime.create(
             name,
@@ -418,9 +433,10 @@ impl Containers {
     /// Wait until systemd reports `running` or `degraded` and cloud-init is done.
     pub fn wait_ready(&self, name: &str, limit: std::time::Duration) -> Result<(), ContainerError> {
         let secs = limit.as_secs().max(1).to_string();
-        // systemctl answers only once systemd's private socket is up: ask until it does.
+        // systemctl says nothing until systemd's private socket is up, and `offline` until
+        // systemd has made /run/systemd/system: ask until it says more.
         let script = "while :; do s=$(systemctl is-system-running --wait 2>/dev/null); \
-                        [ -n \"$s\" ] && break; sleep 0.1; done; \
+                        case \"$s\" in ''|offline) sleep 0.1;; *) break;; esac; done; \
                       case \"$s\" in running|degraded) ;; *) echo \"systemd: $s\" >&2; exit 3;; esac; \
                       cloud-init status --wait >/dev/null || { cloud-init status --long >&2; exit 4; }";
         let code = self.exec(
