@@ -18,7 +18,9 @@ packages=(
   debootstrap     # builds the Debian guest images
   pkg-config
   libseccomp-dev  # the containers' seccomp filter (libcontainer links libseccomp)
-  util-linux      # mount -o loop: extracting an image's tree for containers
+  util-linux      # mount -o loop: extracting an image's tree for containers; nsenter
+  iproute2        # the containers' bridge, veth pairs and tc shaping
+  nftables        # berth's own NAT and forward table
   time            # /usr/bin/time for the benchmarks' peak memory
   bc
 )

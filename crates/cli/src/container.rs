@@ -99,8 +99,8 @@ pub struct RunArgs {
     /// Name the container (default: generated).
     #[arg(long)]
     pub name: Option<String>,
-    /// Network: none (its own, loopback only) or host.
-    #[arg(long, default_value = "none", value_parser = ["none", "host"])]
+    /// Network: none (its own, loopback only), host, or bridge (an address on berth0, NAT out).
+    #[arg(long, default_value = "none", value_parser = ["none", "host", "bridge"])]
     pub network: String,
     /// Memory limit (e.g. 256M); past it the kernel's OOM killer acts inside the container.
     #[arg(long)]
@@ -127,7 +127,7 @@ pub fn run(a: RunArgs) -> Result<Status> {
         args: a.command,
         limits,
         rm: a.rm,
-        host_network: a.network == "host",
+        network: a.network,
     })?;
     Ok(Status(code.clamp(0, 255) as u8))
 }
@@ -154,6 +154,7 @@ pub fn info(
         crate::output::print_json(&serde_json::json!({
             "name": row.name, "type": "container", "state": {"state": state, "reason": cts.reason(&row, running)},
             "machine_id": rec.machine_id, "hostname": rec.hostname, "system": rec.system,
+            "address": rec.address, "forwards": rec.forwards,
             "image": rec.image, "command": rec.args, "limits": rec.limits, "cgroup": rec.cgroup,
             "network": rec.network, "pid": rec.pid.filter(|_| running), "exit": rec.exit, "usage": usage,
         }))?;
@@ -178,7 +179,13 @@ pub fn info(
     }
     println!("Image:       {}", rec.image);
     println!("Command:     {}", rec.args.join(" "));
-    println!("Network:     {}", rec.network);
+    match rec.address {
+        Some(a) => println!("Network:     {} ({a})", rec.network),
+        None => println!("Network:     {}", rec.network),
+    }
+    for (h, c) in &rec.forwards {
+        println!("Forward:     host port {h} -> {c}");
+    }
     println!("cgroup:      {}", rec.cgroup);
     let l = &rec.limits;
     let show = |k: &str, v: Option<String>| {
@@ -228,9 +235,9 @@ pub fn is_container(name: &str) -> bool {
 
 /// `berth launch --container`.
 pub fn launch(a: crate::vm::LaunchArgs) -> Result<Status> {
-    if a.disk.is_some() || a.ssh_key.is_some() || !a.forward.is_empty() {
+    if a.disk.is_some() || a.ssh_key.is_some() {
         anyhow::bail!(
-            "--disk, --ssh-key and --forward are not offered for containers yet (use berth shell/exec)"
+            "--disk and --ssh-key are not offered for containers yet (use berth shell/exec)"
         );
     }
     let limits = a.limits.limits(a.memory.as_ref(), a.cpus.as_ref())?;
@@ -239,7 +246,8 @@ pub fn launch(a: crate::vm::LaunchArgs) -> Result<Status> {
         name: a.name.clone(),
         limits,
         cloud_init: a.cloud_init,
-        host_network: a.network.as_deref() == Some("host"),
+        network: a.network.unwrap_or_else(|| "bridge".into()),
+        forwards: a.forward.iter().map(|f| (f.host, f.guest)).collect(),
     };
     let wait = (!a.no_wait).then(|| std::time::Duration::from_secs(a.timeout));
     let started = std::time::Instant::now();

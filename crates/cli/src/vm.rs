@@ -63,8 +63,8 @@ pub struct LaunchArgs {
     /// A system container instead of a VM: the image's systemd on the host's kernel.
     #[arg(long)]
     pub container: bool,
-    /// Container network: none (loopback only) or host.
-    #[arg(long, value_parser = ["none", "host"])]
+    /// Container network: bridge (default: an address on berth0, NAT out), none or host.
+    #[arg(long, value_parser = ["bridge", "none", "host"])]
     pub network: Option<String>,
     #[command(flatten)]
     pub limits: crate::container::LimitArgs,

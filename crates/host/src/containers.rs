@@ -48,6 +48,9 @@ pub enum ContainerError {
     /// The runtime.
     #[error(transparent)]
     Runtime(#[from] berth_container::RuntimeError),
+    /// Networking.
+    #[error(transparent)]
+    Net(#[from] berth_net::NetError),
     /// A filesystem operation.
     #[error("{what} {path}: {source}")]
     Io {
@@ -83,8 +86,14 @@ pub struct ContainerRecord {
     pub pid: Option<u32>,
     /// Exit status of its last run.
     pub exit: Option<i32>,
-    /// `none` or `host`.
+    /// `none`, `host` or `bridge`.
     pub network: String,
+    /// The container's address on berth0 (bridge networking).
+    #[serde(default)]
+    pub address: Option<std::net::Ipv4Addr>,
+    /// TCP forwards: host port -> container port.
+    #[serde(default)]
+    pub forwards: Vec<(u16, u16)>,
     /// A system container (systemd as PID 1) rather than one command.
     #[serde(default)]
     pub system: bool,
@@ -107,8 +116,10 @@ pub struct LaunchOptions {
     pub limits: Limits,
     /// The user's cloud-config.
     pub cloud_init: Option<PathBuf>,
-    /// Share the host's network instead of an isolated one.
-    pub host_network: bool,
+    /// `none`, `host` or `bridge`.
+    pub network: String,
+    /// TCP forwards: host port -> container port (bridge only).
+    pub forwards: Vec<(u16, u16)>,
 }
 
 /// What `berth run` asks for.
@@ -124,8 +135,8 @@ pub struct RunOptions {
     pub limits: Limits,
     /// Remove the container when the command ends.
     pub rm: bool,
-    /// Share the host's network instead of an isolated one.
-    pub host_network: bool,
+    /// `none` (default) or `host`.
+    pub network: String,
 }
 
 /// berth's containers.
@@ -227,7 +238,13 @@ impl Containers {
         Ok(tree)
     }
 
-    fn check_new(&self, name: &str, limits: &Limits) -> Result<(), ContainerError> {
+    fn check_new(
+        &self,
+        name: &str,
+        limits: &Limits,
+        network: &str,
+        forwards: &[(u16, u16)],
+    ) -> Result<(), ContainerError> {
         check_name(name).map_err(|_| {
             ContainerError::Invalid(format!(
                 "invalid instance name {name:?}: use letters, digits, '-', '_' and '.'"
@@ -241,12 +258,33 @@ impl Containers {
         limits
             .check()
             .map_err(|e| ContainerError::Invalid(e.to_string()))?;
-        if limits.net_rate.is_some() || !limits.io_max.is_empty() {
+        if !limits.io_max.is_empty() {
             return Err(ContainerError::Invalid(
-                "--net-rate and --io-max need a bridged network and a --disk, which berth does \
-                 not offer yet"
-                    .into(),
+                "--io-max needs a --disk, which containers do not offer yet".into(),
             ));
+        }
+        if !["none", "host", "bridge"].contains(&network) {
+            return Err(ContainerError::Invalid(format!(
+                "--network {network:?}: expected none, host or bridge"
+            )));
+        }
+        if network != "bridge" && (limits.net_rate.is_some() || !forwards.is_empty()) {
+            return Err(ContainerError::Invalid(format!(
+                "--net-rate and --forward need --network bridge (this container's is {network})"
+            )));
+        }
+        let net = berth_net::Host::detect();
+        for (host, _) in forwards {
+            if net.forwarded(*host) {
+                return Err(ContainerError::Invalid(format!(
+                    "host port {host} is already forwarded to another container"
+                )));
+            }
+            std::net::TcpListener::bind(("0.0.0.0", *host)).map_err(|e| {
+                ContainerError::Invalid(format!(
+                    "host port {host} is not available for --forward: {e}"
+                ))
+            })?;
         }
         Ok(())
     }
@@ -261,7 +299,7 @@ impl Containers {
         wait: Option<std::time::Duration>,
         progress: &mut dyn FnMut(&str),
     ) -> Result<ContainerRecord, ContainerError> {
-        self.check_new(&o.name, &o.limits)?;
+        self.check_new(&o.name, &o.limits, &o.network, &o.forwards)?;
         let user_text = match &o.cloud_init {
             Some(p) => Some(
                 crate::vms::read_cloud_config(p)
@@ -312,6 +350,7 @@ impl Containers {
                 std::fs::create_dir_all(parent).map_err(io("creating", parent))?;
                 std::fs::write(&path, text).map_err(io("writing", &path))?;
             }
+            write_network_files(&upper, &o.network)?;
             // /dev/console is a log file, not a terminal: no getty on it.
             let units = upper.join("etc/systemd/system");
             std::fs::create_dir_all(&units).map_err(io("creating", &units))?;
@@ -326,7 +365,9 @@ impl Containers {
                 cgroup: cgroup.relative().to_string_lossy().into_owned(),
                 pid: None,
                 exit: None,
-                network: if o.host_network { "host" } else { "none" }.into(),
+                network: o.network.clone(),
+                address: None,
+                forwards: o.forwards.clone(),
                 system: true,
                 machine_id: Some(machine_id),
                 hostname: Some(hostname),
@@ -383,7 +424,7 @@ impl Containers {
             network: if rec.network == "host" {
                 Network::Host
             } else {
-                Network::None
+                Network::None // bridge: berth adds eth0 to this namespace below
             },
             terminal: false,
             system: true,
@@ -425,9 +466,79 @@ impl Containers {
         )?;
         cgroup.create()?;
         cgroup.apply(&rec.limits, &rec.io, None)?;
+        self.connect(name, &mut rec)?;
         created.start()?;
         self.store.set_instance_state(name, "running", "")?;
         Ok(rec)
+    }
+
+    /// Bridge networking for a created container (its init waits in its own namespace): an
+    /// address (kept across restarts), eth0 on berth0, shaping, forwards. A no-op otherwise.
+    fn connect(&self, name: &str, rec: &mut ContainerRecord) -> Result<(), ContainerError> {
+        if rec.network != "bridge" {
+            return Ok(());
+        }
+        let net = berth_net::Host::detect();
+        let lock_path = self.dirs.root.join("net.lock");
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(io("opening", &lock_path))?;
+        rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive)
+            .map_err(|e| io("locking", &lock_path)(e.into()))?;
+        net.ensure_bridge()?;
+        if rec.address.is_none() {
+            let used: Vec<std::net::Ipv4Addr> = self
+                .list()?
+                .into_iter()
+                .filter(|(row, _, _)| row.name != name)
+                .filter_map(|(_, r, _)| r.address)
+                .collect();
+            rec.address = Some(berth_net::allocate(&net.bridge, &used)?);
+            self.store.set_instance_spec(
+                name,
+                &serde_json::to_string(&rec).expect("record serialises"),
+            )?;
+        }
+        let addr = rec.address.expect("allocated above");
+        net.attach(name, rec.pid.unwrap_or(0), addr, rec.limits.net_rate)?;
+        for (host, port) in &rec.forwards {
+            net.remove_forward(*host, addr, *port)?;
+            net.add_forward(*host, addr, *port)?;
+        }
+        Ok(())
+    }
+
+    /// Undo [`Self::connect`]'s host side: forwards and the veth (the namespace's end goes with
+    /// it); with `last`, the bridge and berth's rules go when no other container uses them.
+    fn disconnect(
+        &self,
+        name: &str,
+        rec: &ContainerRecord,
+        last: bool,
+    ) -> Result<(), ContainerError> {
+        if rec.network != "bridge" {
+            return Ok(());
+        }
+        let net = berth_net::Host::detect();
+        if let Some(addr) = rec.address {
+            for (host, port) in &rec.forwards {
+                net.remove_forward(*host, addr, *port)?;
+            }
+        }
+        net.detach(name)?;
+        if last {
+            let others = self
+                .list()?
+                .into_iter()
+                .any(|(row, r, _)| row.name != name && r.network == "bridge");
+            if !others {
+                net.teardown_bridge()?;
+            }
+        }
+        Ok(())
     }
 
     /// Wait until systemd reports `running` or `degraded` and cloud-init is done.
@@ -507,6 +618,7 @@ impl Containers {
         }
         cgroup.remove()?;
         self.runtime().delete(name)?;
+        self.disconnect(name, &rec, false)?;
         Overlay::under(&self.dir(name), Path::new("/")).unmount()?;
         self.store
             .set_instance_state(name, "stopped", if force { "killed" } else { "stopped" })?;
@@ -544,7 +656,7 @@ impl Containers {
             Some(n) => n.clone(),
             None => format!("run-{}-{}", std::process::id(), unix_now() % 100_000),
         };
-        self.check_new(&name, &o.limits)?;
+        self.check_new(&name, &o.limits, &o.network, &[])?;
         if o.args.is_empty() {
             return Err(ContainerError::Invalid(
                 "no command given: berth run IMAGE -- CMD [ARGS...]".into(),
@@ -561,7 +673,9 @@ impl Containers {
             cgroup: cgroup.relative().to_string_lossy().into_owned(),
             pid: None,
             exit: None,
-            network: if o.host_network { "host" } else { "none" }.into(),
+            network: o.network.clone(),
+            address: None,
+            forwards: Vec::new(),
             system: false,
             machine_id: None,
             hostname: None,
@@ -585,7 +699,9 @@ impl Containers {
         rec.pid = None;
         rec.exit = result.as_ref().ok().copied();
         if o.rm || result.is_err() {
-            let cleaned = self.remove_all(&name, &cgroup);
+            let cleaned = self
+                .disconnect(&name, &rec, true)
+                .and_then(|_| self.remove_all(&name, &cgroup));
             result.and_then(|code| cleaned.map(|_| code))
         } else {
             self.store.set_instance_spec(
@@ -610,6 +726,9 @@ impl Containers {
         let dir = self.dir(name);
         std::fs::create_dir_all(&dir).map_err(io("creating", &dir))?;
         let overlay = Overlay::under(&dir, lower);
+        if o.network == "bridge" {
+            write_network_files(&overlay.upper, &o.network)?;
+        }
         overlay.mount()?;
         let plan = Plan {
             rootfs: overlay.merged.clone(),
@@ -617,7 +736,7 @@ impl Containers {
             env: vec!["container=berth".into()],
             hostname: name.to_string(),
             cgroups_path: Path::new("/").join(cgroup.relative()),
-            network: if o.host_network {
+            network: if o.network == "host" {
                 Network::Host
             } else {
                 Network::None
@@ -637,6 +756,7 @@ impl Containers {
             name,
             &serde_json::to_string(&rec).expect("record serialises"),
         )?;
+        self.connect(name, rec)?;
         created.start()?;
         let code = created.wait()?;
         runtime.delete(name)?;
@@ -690,10 +810,42 @@ impl Containers {
         for p in cgroup.pids()? {
             kill(p, "KILL");
         }
+        self.disconnect(name, &rec, true)?;
         self.remove_all(name, &cgroup)?;
         self.store.release_machine_id("container", name)?;
         Ok(())
     }
+}
+
+/// What a container's network needs in its upper layer: the host's resolvers on a bridge, and
+/// cloud-init told to leave the network alone (berth configures eth0 from outside, and there is
+/// no DHCP server on berth0).
+fn write_network_files(upper: &Path, network: &str) -> Result<(), ContainerError> {
+    let cfg = upper.join("etc/cloud/cloud.cfg.d");
+    std::fs::create_dir_all(&cfg).map_err(io("creating", &cfg))?;
+    let f = cfg.join("99-berth-network.cfg");
+    std::fs::write(
+        &f,
+        "# Written by berth: eth0 is configured from the host.\nnetwork: {config: disabled}\n",
+    )
+    .map_err(io("writing", &f))?;
+    if network == "bridge" {
+        let host = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+        let servers: String = host
+            .lines()
+            .filter(|l| l.starts_with("nameserver") && !l.contains("127."))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let text = if servers.is_empty() {
+            "nameserver 1.1.1.1\n".to_string()
+        } else {
+            servers
+        };
+        let r = upper.join("etc/resolv.conf");
+        let _ = std::fs::remove_file(&r);
+        std::fs::write(&r, text).map_err(io("writing", &r))?;
+    }
+    Ok(())
 }
 
 /// Send a signal by name (`kill -s`, which knows the real-time signals' numbers on this libc).
