@@ -303,14 +303,19 @@ fn system_container_boots_systemd_with_its_own_identity() {
         "512M",
         "--pids",
         "400",
+        "--network",
+        "none",
         "--timeout",
         "120",
     ]);
+    // (The bridge is the networking test's: this one keeps to --network none.)
     ok(&[
         "launch",
         "debian-12",
         &b.0,
         "--container",
+        "--network",
+        "none",
         "--timeout",
         "120",
     ]);
@@ -411,4 +416,118 @@ fn system_container_boots_systemd_with_its_own_identity() {
     assert!(!cgroup_of(&a.0).exists());
     let audit = ok(&["machine-id", "audit"]);
     assert!(!audit.contains(&id_a), "{audit}");
+}
+
+/// berth's firewall state apart from counters: the host's own rules must come back unchanged.
+fn ruleset() -> String {
+    let out = std::process::Command::new("nft")
+        .args(["-s", "list", "ruleset"])
+        .output()
+        .expect("nft runs");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn bridge_networking_forwards_and_rate() {
+    e2e_image();
+    let before = ruleset();
+    assert!(
+        !before.contains("table ip berth"),
+        "another test left berth's table"
+    );
+    let port = {
+        let l = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let a = Ct(format!("ct-net-a-{}", std::process::id()));
+    let b = Ct(format!("ct-net-b-{}", std::process::id()));
+    ok(&[
+        "launch",
+        "debian-12",
+        &a.0,
+        "--container",
+        "--forward",
+        &format!("{port}:8000"),
+        "--net-rate",
+        "10mbit",
+        "--timeout",
+        "120",
+    ]);
+    ok(&[
+        "launch",
+        "debian-12",
+        &b.0,
+        "--container",
+        "--timeout",
+        "120",
+    ]);
+    let addr_a = info(&a.0)["address"].as_str().unwrap().to_string();
+    let addr_b = info(&b.0)["address"].as_str().unwrap().to_string();
+    assert_ne!(addr_a, addr_b);
+    assert!(addr_a.starts_with("10.87.0."), "{addr_a}");
+    assert_eq!(
+        exec(&a.0, "ip -4 -o addr show eth0 | awk '{print $4}'"),
+        format!("{addr_a}/24")
+    );
+    exec(
+        &a.0,
+        "head -c 5000000 /dev/urandom > /tmp/blob; cd /tmp && \
+         (nohup python3 -m http.server 8000 >/dev/null 2>&1 &); sleep 1",
+    );
+    // Container to container through the bridge, and out through NAT (Debian's mirror).
+    let fetch = |url: &str| {
+        format!(
+            "python3 -c \"import urllib.request as u; print(u.urlopen('{url}', timeout=20).status)\""
+        )
+    };
+    assert_eq!(exec(&b.0, &fetch(&format!("http://{addr_a}:8000/"))), "200");
+    assert_eq!(
+        exec(
+            &a.0,
+            &fetch("http://deb.debian.org/debian/dists/bookworm/Release")
+        ),
+        "200"
+    );
+    // The forward answers from the host (on the bridge's address, one of the host's own).
+    let mut got = String::new();
+    for _ in 0..20 {
+        let out = std::process::Command::new("python3")
+            .args([
+                "-c",
+                &format!(
+                    "import urllib.request as u; print(u.urlopen('http://10.87.0.1:{port}/', timeout=5).status)"
+                ),
+            ])
+            .output()
+            .unwrap();
+        got = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        if got == "200" {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
+    assert_eq!(got, "200", "forwarded port {port}");
+    // 5 MB out of A (shaped to 10 Mbit/s both ways) runs at about 10 Mbit/s.
+    let rate: f64 = exec(
+        &b.0,
+        &format!(
+            "python3 -c \"
+import urllib.request as u, time
+t = time.time(); n = len(u.urlopen('http://{addr_a}:8000/blob', timeout=60).read())
+print(n * 8 / (time.time() - t) / 1e6)\""
+        ),
+    )
+    .parse()
+    .unwrap();
+    assert!(
+        (7.5..=11.0).contains(&rate),
+        "{rate:.2} Mbit/s through --net-rate 10mbit"
+    );
+
+    // Deleting the containers removes their interfaces and forwards; the last one takes the
+    // bridge and berth's table with it, and the host's own rules are as they were.
+    drop(a);
+    drop(b);
+    assert!(!std::path::Path::new("/sys/class/net/berth0").exists());
+    assert_eq!(ruleset(), before);
 }
