@@ -281,3 +281,27 @@ pub fn start(name: &str, wait: Option<std::time::Duration>) -> Result<Status> {
     println!("Started {name}.");
     Ok(Status(0))
 }
+
+/// `berth set`.
+#[derive(Debug, Args)]
+pub struct SetArgs {
+    /// Container.
+    pub name: String,
+    /// KEY=VALUE (memory, memory-swap, cpus, cpu-weight, cpuset, pids, io-weight, net-rate);
+    /// KEY=none lifts a limit.
+    #[arg(required = true)]
+    pub assignments: Vec<String>,
+}
+
+pub fn set(a: SetArgs) -> Result<Status> {
+    if !is_container(&a.name) {
+        anyhow::bail!(
+            "{} is not a container (berth set changes container limits; a VM's CPUs and memory \
+             are set at launch)",
+            a.name
+        );
+    }
+    containers()?.set(&a.name, &a.assignments)?;
+    println!("Updated {}.", a.name);
+    Ok(Status(0))
+}

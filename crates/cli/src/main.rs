@@ -55,6 +55,8 @@ enum Command {
     Logs(vm::LogsArgs),
     /// Open an SSH session, or run a command over SSH.
     Ssh(vm::SshArgs),
+    /// Change a container's limits, at once if it runs (KEY=VALUE, KEY=none lifts one).
+    Set(container::SetArgs),
     /// A login shell in a container (an SSH session for a VM).
     Shell(vm::NameArg),
     /// Run a command in the instance; its exit status is berth's.
@@ -116,6 +118,7 @@ fn main() -> ExitCode {
         Command::Ssh(a) => (vm::ssh(a), 255),
         Command::Exec(a) => (vm::exec(a), 255),
         Command::Shell(a) => (vm::shell(a), 255),
+        Command::Set(a) => (container::set(a), 1),
         Command::Seed(cmd) => (seed::run(cmd), 2),
         Command::MachineId(cmd) => (machine_id::run(cmd), 1),
     };

@@ -383,6 +383,36 @@ fn system_container_boots_systemd_with_its_own_identity() {
     assert!(usage["memory_bytes"].as_u64().unwrap() > 0, "{usage}");
     assert!(usage["pids"].as_u64().unwrap() >= 3, "{usage}");
 
+    // berth set changes limits on the running container, and they bite at once.
+    ok(&["set", &a.0, "pids=60", "memory=256M"]);
+    assert_eq!(
+        exec(&a.0, "cat /sys/fs/cgroup/memory/memory.limit_in_bytes 2>/dev/null || cat /sys/fs/cgroup/memory.max"),
+        (256u64 << 20).to_string()
+    );
+    let forks = exec(
+        &a.0,
+        "python3 -c '
+import os, time
+n = 0
+for i in range(120):
+    try:
+        pid = os.fork()
+    except BlockingIOError:
+        break
+    if pid == 0:
+        time.sleep(5)
+        os._exit(0)
+    n += 1
+print(n)'",
+    );
+    let n: u32 = forks.parse().unwrap();
+    assert!(n < 60, "{n} forks under pids=60");
+    ok(&["set", &a.0, "pids=none"]);
+    assert_eq!(info(&a.0)["limits"]["pids"], serde_json::Value::Null);
+    let bad = berth(&["set", &a.0, "pids=lots"]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("lots"));
+
     // stop/start keeps the container's data and identity.
     exec(&a.0, "echo kept > /root/data");
     ok(&["stop", &a.0]);

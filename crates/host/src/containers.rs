@@ -642,6 +642,42 @@ impl Containers {
         self.boot(name, &lower, rec)
     }
 
+    /// Change limits (`KEY=VALUE`, `KEY=none` lifts one); on a running container they take
+    /// effect at once, in its cgroup and on its interface. The new limits are returned.
+    pub fn set(&self, name: &str, assignments: &[String]) -> Result<Limits, ContainerError> {
+        let (_, mut rec) = self.get(name)?;
+        let old = rec.limits.clone();
+        let mut new = old.clone();
+        for a in assignments {
+            new.set(a)
+                .map_err(|e| ContainerError::Invalid(format!("{name}: {e}")))?;
+        }
+        if !new.io_max.is_empty() {
+            return Err(ContainerError::Invalid(
+                "io-max needs a --disk, which containers do not offer yet".into(),
+            ));
+        }
+        if new.net_rate.is_some() && rec.network != "bridge" {
+            return Err(ContainerError::Invalid(format!(
+                "net-rate needs --network bridge ({name}'s is {})",
+                rec.network
+            )));
+        }
+        if self.is_running(&rec) {
+            let cgroup = Cgroup::new(Hierarchy::detect()?, &rec.cgroup);
+            cgroup.apply(&new, &rec.io, Some((&old, &rec.io)))?;
+            if new.net_rate != old.net_rate {
+                berth_net::Host::detect().shape(name, rec.pid.unwrap_or(0), new.net_rate)?;
+            }
+        }
+        rec.limits = new.clone();
+        self.store.set_instance_spec(
+            name,
+            &serde_json::to_string(&rec).expect("record serialises"),
+        )?;
+        Ok(new)
+    }
+
     /// A container's console log.
     pub fn console_log(&self, name: &str) -> Result<PathBuf, ContainerError> {
         self.get(name)?;
