@@ -108,6 +108,9 @@ pub struct RunArgs {
     /// CPU time quota in CPUs (e.g. 0.5 = half a core).
     #[arg(long)]
     pub cpus: Option<String>,
+    /// Cap what the container can write (its writable layer on a disk of this size).
+    #[arg(long)]
+    pub disk: Option<String>,
     #[command(flatten)]
     pub limits: LimitArgs,
     /// The command and its arguments.
@@ -128,6 +131,12 @@ pub fn run(a: RunArgs) -> Result<Status> {
         limits,
         rm: a.rm,
         network: a.network,
+        disk: match &a.disk {
+            Some(d) => {
+                Some(berth_disk::units::parse_size(d).map_err(|e| anyhow::anyhow!("--disk: {e}"))?)
+            }
+            None => None,
+        },
     })?;
     Ok(Status(code.clamp(0, 255) as u8))
 }
@@ -235,10 +244,8 @@ pub fn is_container(name: &str) -> bool {
 
 /// `berth launch --container`.
 pub fn launch(a: crate::vm::LaunchArgs) -> Result<Status> {
-    if a.disk.is_some() || a.ssh_key.is_some() {
-        anyhow::bail!(
-            "--disk and --ssh-key are not offered for containers yet (use berth shell/exec)"
-        );
+    if a.ssh_key.is_some() {
+        anyhow::bail!("--ssh-key is for VMs; get into a container with berth shell or exec");
     }
     let limits = a.limits.limits(a.memory.as_ref(), a.cpus.as_ref())?;
     let o = berth_host::containers::LaunchOptions {
@@ -248,6 +255,7 @@ pub fn launch(a: crate::vm::LaunchArgs) -> Result<Status> {
         cloud_init: a.cloud_init,
         network: a.network.unwrap_or_else(|| "bridge".into()),
         forwards: a.forward.iter().map(|f| (f.host, f.guest)).collect(),
+        disk: a.disk,
     };
     let wait = (!a.no_wait).then(|| std::time::Duration::from_secs(a.timeout));
     let started = std::time::Instant::now();

@@ -94,6 +94,9 @@ pub struct ContainerRecord {
     /// TCP forwards: host port -> container port.
     #[serde(default)]
     pub forwards: Vec<(u16, u16)>,
+    /// Size of the container's own disk (its writable layer), when it has one.
+    #[serde(default)]
+    pub disk: Option<u64>,
     /// A system container (systemd as PID 1) rather than one command.
     #[serde(default)]
     pub system: bool,
@@ -120,6 +123,8 @@ pub struct LaunchOptions {
     pub network: String,
     /// TCP forwards: host port -> container port (bridge only).
     pub forwards: Vec<(u16, u16)>,
+    /// Cap what the container can write: its upper layer on a disk of this size.
+    pub disk: Option<u64>,
 }
 
 /// What `berth run` asks for.
@@ -135,8 +140,10 @@ pub struct RunOptions {
     pub limits: Limits,
     /// Remove the container when the command ends.
     pub rm: bool,
-    /// `none` (default) or `host`.
+    /// `none` (default), `host` or `bridge`.
     pub network: String,
+    /// Cap what the container can write: its upper layer on a disk of this size.
+    pub disk: Option<u64>,
 }
 
 /// berth's containers.
@@ -244,6 +251,7 @@ impl Containers {
         limits: &Limits,
         network: &str,
         forwards: &[(u16, u16)],
+        disk: &Option<u64>,
     ) -> Result<(), ContainerError> {
         check_name(name).map_err(|_| {
             ContainerError::Invalid(format!(
@@ -258,10 +266,17 @@ impl Containers {
         limits
             .check()
             .map_err(|e| ContainerError::Invalid(e.to_string()))?;
-        if !limits.io_max.is_empty() {
+        if limits.io_max.iter().any(|m| m.device == "disk") && disk.is_none() {
             return Err(ContainerError::Invalid(
-                "--io-max needs a --disk, which containers do not offer yet".into(),
+                "--io-max disk:... needs --disk (the container's own disk)".into(),
             ));
+        }
+        if let Some(size) = disk {
+            if *size < 16 << 20 {
+                return Err(ContainerError::Invalid(format!(
+                    "--disk {size} bytes is too small (at least 16M)"
+                )));
+            }
         }
         if !["none", "host", "bridge"].contains(&network) {
             return Err(ContainerError::Invalid(format!(
@@ -299,7 +314,7 @@ impl Containers {
         wait: Option<std::time::Duration>,
         progress: &mut dyn FnMut(&str),
     ) -> Result<ContainerRecord, ContainerError> {
-        self.check_new(&o.name, &o.limits, &o.network, &o.forwards)?;
+        self.check_new(&o.name, &o.limits, &o.network, &o.forwards, &o.disk)?;
         let user_text = match &o.cloud_init {
             Some(p) => Some(
                 crate::vms::read_cloud_config(p)
@@ -319,7 +334,11 @@ impl Containers {
                 .to_string();
             // Identity goes into the upper layer before it is mounted (so nothing in the image,
             // such as a symlink, can redirect it).
-            let upper = dir.join("upper");
+            if let Some(size) = o.disk {
+                self.create_disk(&o.name, size)?;
+            }
+            self.mount_disk(&o.name, o.disk)?;
+            let upper = self.overlay_for(&o.name, &lower, o.disk).upper;
             let mut ours = berth_cloudinit::config::GuestConfig {
                 hostname: Some(o.name.clone()),
                 ..Default::default()
@@ -368,6 +387,7 @@ impl Containers {
                 network: o.network.clone(),
                 address: None,
                 forwards: o.forwards.clone(),
+                disk: o.disk,
                 system: true,
                 machine_id: Some(machine_id),
                 hostname: Some(hostname),
@@ -412,8 +432,10 @@ impl Containers {
         mut rec: ContainerRecord,
     ) -> Result<ContainerRecord, ContainerError> {
         let dir = self.dir(name);
-        let overlay = Overlay::under(&dir, lower);
+        self.mount_disk(name, rec.disk)?;
+        let overlay = self.overlay_for(name, lower, rec.disk);
         overlay.mount()?;
+        rec.io = self.resolve_io(name, &rec.limits)?;
         let cgroup = Cgroup::new(Hierarchy::detect()?, &rec.cgroup);
         let plan = Plan {
             rootfs: overlay.merged.clone(),
@@ -541,6 +563,119 @@ impl Containers {
         Ok(())
     }
 
+    fn layer_dir(&self, name: &str) -> PathBuf {
+        self.dir(name).join("layer")
+    }
+
+    /// The container's own disk: a sparse raw image made by berth's disk engine, with ext4.
+    fn create_disk(&self, name: &str, size: u64) -> Result<(), ContainerError> {
+        let dir = self.dir(name);
+        std::fs::create_dir_all(&dir).map_err(io("creating", &dir))?;
+        let disk = dir.join("disk.raw");
+        ops::create(
+            &ops::CreateOptions::new(&disk, Format::Raw, Some(size)),
+            &BackingPolicy::default(),
+        )?;
+        let out = std::process::Command::new("mkfs.ext4")
+            .args(["-q", "-F", "-L", "berth-layer"])
+            .arg(&disk)
+            .output()
+            .map_err(io("running mkfs.ext4 on", &disk))?;
+        if !out.status.success() {
+            return Err(ContainerError::Invalid(format!(
+                "mkfs.ext4 {}: {}",
+                disk.display(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Mount the container's disk (if it has one) where its writable layer lives.
+    fn mount_disk(&self, name: &str, disk: Option<u64>) -> Result<(), ContainerError> {
+        if disk.is_none() {
+            return Ok(());
+        }
+        let layer = self.layer_dir(name);
+        std::fs::create_dir_all(&layer).map_err(io("creating", &layer))?;
+        if berth_container::rootfs::is_mount_point(&layer) {
+            return Ok(());
+        }
+        let img = self.dir(name).join("disk.raw");
+        let out = std::process::Command::new("mount")
+            .args(["-t", "ext4", "-o", "loop"])
+            .arg(&img)
+            .arg(&layer)
+            .output()
+            .map_err(io("mounting", &img))?;
+        if !out.status.success() {
+            return Err(ContainerError::Invalid(format!(
+                "mounting {}: {}",
+                img.display(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+        Ok(())
+    }
+
+    /// The overlay of a container: its writable layer on its own disk, or in its folder.
+    fn overlay_for(&self, name: &str, lower: &Path, disk: Option<u64>) -> Overlay {
+        let dir = self.dir(name);
+        let mut o = Overlay::under(&dir, lower);
+        if disk.is_some() {
+            let layer = self.layer_dir(name);
+            o.upper = layer.join("upper");
+            o.work = layer.join("work");
+        }
+        o
+    }
+
+    /// Unmount the merged root and the container's disk (idempotent).
+    fn unmount(&self, name: &str) -> Result<(), ContainerError> {
+        Overlay::under(&self.dir(name), Path::new("/")).unmount()?;
+        let layer = self.layer_dir(name);
+        if berth_container::rootfs::is_mount_point(&layer) {
+            rustix::mount::unmount(&layer, rustix::mount::UnmountFlags::empty())
+                .map_err(|e| io("unmounting", &layer)(e.into()))?;
+        }
+        Ok(())
+    }
+
+    /// `--io-max` devices as major:minor: `disk` is the container's own disk (its loop device,
+    /// which changes from boot to boot), a path is stat'ed, `MAJ:MIN` is taken as is.
+    fn resolve_io(&self, name: &str, limits: &Limits) -> Result<Vec<IoMax>, ContainerError> {
+        limits
+            .io_max
+            .iter()
+            .map(|spec| {
+                let mut caps = spec.caps.clone();
+                if spec.device == "disk" {
+                    let layer = self.layer_dir(name);
+                    let (maj, min) = mount_device(&layer).ok_or_else(|| {
+                        ContainerError::Invalid(format!(
+                            "{name}'s disk is not mounted at {}",
+                            layer.display()
+                        ))
+                    })?;
+                    caps.major = maj;
+                    caps.minor = min;
+                } else if spec.device.starts_with('/') {
+                    let st = rustix::fs::stat(spec.device.as_str())
+                        .map_err(|e| io("reading", Path::new(&spec.device))(e.into()))?;
+                    if st.st_mode & 0o170000 != 0o060000 {
+                        return Err(ContainerError::Invalid(format!(
+                            "--io-max {}: not a block device",
+                            spec.device
+                        )));
+                    }
+                    caps.major = rustix::fs::major(st.st_rdev);
+                    caps.minor = rustix::fs::minor(st.st_rdev);
+                }
+                Ok(caps)
+            })
+            .collect()
+    }
+
     /// Wait until systemd reports `running` or `degraded` and cloud-init is done.
     pub fn wait_ready(&self, name: &str, limit: std::time::Duration) -> Result<(), ContainerError> {
         let secs = limit.as_secs().max(1).to_string();
@@ -619,7 +754,7 @@ impl Containers {
         cgroup.remove()?;
         self.runtime().delete(name)?;
         self.disconnect(name, &rec, false)?;
-        Overlay::under(&self.dir(name), Path::new("/")).unmount()?;
+        self.unmount(name)?;
         self.store
             .set_instance_state(name, "stopped", if force { "killed" } else { "stopped" })?;
         Ok(())
@@ -652,10 +787,10 @@ impl Containers {
             new.set(a)
                 .map_err(|e| ContainerError::Invalid(format!("{name}: {e}")))?;
         }
-        if !new.io_max.is_empty() {
-            return Err(ContainerError::Invalid(
-                "io-max needs a --disk, which containers do not offer yet".into(),
-            ));
+        if new.io_max.iter().any(|m| m.device == "disk") && rec.disk.is_none() {
+            return Err(ContainerError::Invalid(format!(
+                "io-max disk:... needs a container launched with --disk ({name} has none)"
+            )));
         }
         if new.net_rate.is_some() && rec.network != "bridge" {
             return Err(ContainerError::Invalid(format!(
@@ -665,7 +800,9 @@ impl Containers {
         }
         if self.is_running(&rec) {
             let cgroup = Cgroup::new(Hierarchy::detect()?, &rec.cgroup);
-            cgroup.apply(&new, &rec.io, Some((&old, &rec.io)))?;
+            let io = self.resolve_io(name, &new)?;
+            cgroup.apply(&new, &io, Some((&old, &rec.io)))?;
+            rec.io = io;
             if new.net_rate != old.net_rate {
                 berth_net::Host::detect().shape(name, rec.pid.unwrap_or(0), new.net_rate)?;
             }
@@ -692,7 +829,7 @@ impl Containers {
             Some(n) => n.clone(),
             None => format!("run-{}-{}", std::process::id(), unix_now() % 100_000),
         };
-        self.check_new(&name, &o.limits, &o.network, &[])?;
+        self.check_new(&name, &o.limits, &o.network, &[], &o.disk)?;
         if o.args.is_empty() {
             return Err(ContainerError::Invalid(
                 "no command given: berth run IMAGE -- CMD [ARGS...]".into(),
@@ -712,6 +849,7 @@ impl Containers {
             network: o.network.clone(),
             address: None,
             forwards: Vec::new(),
+            disk: o.disk,
             system: false,
             machine_id: None,
             hostname: None,
@@ -745,8 +883,7 @@ impl Containers {
                 &serde_json::to_string(&rec).expect("record serialises"),
             )?;
             self.store.set_instance_state(&name, "stopped", &outcome)?;
-            let overlay = Overlay::under(&self.dir(&name), &lower);
-            overlay.unmount()?;
+            self.unmount(&name)?;
             result
         }
     }
@@ -761,7 +898,12 @@ impl Containers {
     ) -> Result<i32, ContainerError> {
         let dir = self.dir(name);
         std::fs::create_dir_all(&dir).map_err(io("creating", &dir))?;
-        let overlay = Overlay::under(&dir, lower);
+        if let Some(size) = o.disk {
+            self.create_disk(name, size)?;
+        }
+        self.mount_disk(name, o.disk)?;
+        rec.io = self.resolve_io(name, &o.limits)?;
+        let overlay = self.overlay_for(name, lower, o.disk);
         if o.network == "bridge" {
             write_network_files(&overlay.upper, &o.network)?;
         }
@@ -809,8 +951,7 @@ impl Containers {
         }
         self.runtime().delete(name)?;
         let dir = self.dir(name);
-        let overlay = Overlay::under(&dir, Path::new("/"));
-        overlay.unmount()?;
+        self.unmount(name)?;
         if dir.exists() {
             std::fs::remove_dir_all(&dir).map_err(io("removing", &dir))?;
         }
@@ -882,6 +1023,20 @@ fn write_network_files(upper: &Path, network: &str) -> Result<(), ContainerError
         std::fs::write(&r, text).map_err(io("writing", &r))?;
     }
     Ok(())
+}
+
+/// The device (major, minor) mounted at `path`, from mountinfo.
+fn mount_device(path: &Path) -> Option<(u32, u32)> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let want = path.to_string_lossy().replace(' ', "\\040");
+    text.lines().find_map(|l| {
+        let f: Vec<&str> = l.split(' ').collect();
+        if f.get(4) != Some(&want.as_str()) {
+            return None;
+        }
+        let (a, b) = f.get(2)?.split_once(':')?;
+        Some((a.parse().ok()?, b.parse().ok()?))
+    })
 }
 
 /// Send a signal by name (`kill -s`, which knows the real-time signals' numbers on this libc).
