@@ -596,3 +596,33 @@ fn disk_caps_writes_and_io_max_throttles_them() {
     let free: f64 = out.trim().parse().unwrap_or_else(|_| panic!("{out} {err}"));
     assert!(free > 20.0, "{free:.1} MiB/s without --io-max");
 }
+
+#[test]
+fn ctrl_c_reaches_the_command_and_nothing_is_left() {
+    e2e_image();
+    let name = format!("ct-sig-{}", std::process::id());
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_berth"))
+        .args(["run", "--rm", "--name", &name, "debian-12", "--"])
+        .args([
+            "python3",
+            "-c",
+            "import time; print('up', flush=True); time.sleep(60)",
+        ])
+        .env("BERTH_DIR", e2e_dir())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait for the command to be up, then Ctrl-C berth.
+    let mut out = child.stdout.take().unwrap();
+    let mut buf = [0u8; 3];
+    std::io::Read::read_exact(&mut out, &mut buf).unwrap();
+    assert_eq!(&buf, b"up\n");
+    std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130), "128 + SIGINT from the command");
+    assert!(!names().contains(&name));
+    assert!(!cgroup_of(&name).exists());
+}

@@ -936,7 +936,14 @@ impl Containers {
         )?;
         self.connect(name, rec)?;
         created.start()?;
-        let code = created.wait()?;
+        // Ctrl-C, a terminal hang-up or a TERM to berth go to the command, as a shell passes
+        // them on: berth waits for it and cleans up rather than leaving it behind.
+        let forward = forward_signals(rec.pid.unwrap_or(0), cgroup.clone());
+        let code = created.wait();
+        if let Some(handle) = forward {
+            handle.close();
+        }
+        let code = code?;
         runtime.delete(name)?;
         Ok(code)
     }
@@ -1037,6 +1044,44 @@ fn mount_device(path: &Path) -> Option<(u32, u32)> {
         let (a, b) = f.get(2)?.split_once(':')?;
         Some((a.parse().ok()?, b.parse().ok()?))
     })
+}
+
+/// Pass SIGINT, SIGTERM and SIGHUP received by berth on to `pid` until the handle is closed.
+/// A command that is PID 1 of its namespace ignores signals it has no handler for (as under
+/// `docker run` without `--init`), so 10 s after the first one, or at the second, whatever is
+/// left in the container's cgroup is killed.
+fn forward_signals(pid: u32, cgroup: Cgroup) -> Option<signal_hook::iterator::Handle> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]).ok()?;
+    let handle = signals.handle();
+    std::thread::spawn(move || {
+        let mut seen = 0;
+        for sig in signals.forever() {
+            seen += 1;
+            if seen > 1 {
+                kill_all(&cgroup);
+                continue;
+            }
+            let name = match sig {
+                SIGINT => "INT",
+                SIGHUP => "HUP",
+                _ => "TERM",
+            };
+            kill(pid, name);
+            let later = cgroup.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(std::time::Duration::from_secs(10));
+                kill_all(&later);
+            });
+        }
+    });
+    Some(handle)
+}
+
+fn kill_all(cgroup: &Cgroup) {
+    for p in cgroup.pids().unwrap_or_default() {
+        kill(p, "KILL");
+    }
 }
 
 /// Send a signal by name (`kill -s`, which knows the real-time signals' numbers on this libc).
