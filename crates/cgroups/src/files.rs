@@ -62,7 +62,11 @@ pub fn writes(version: Version, limits: &Limits, io: &[IoMax]) -> Vec<Write> {
                 out.push(w("", "memory.max", m.to_string()));
             }
             if let (Some(total), Some(m)) = (limits.memory_swap, limits.memory) {
-                out.push(w("", "memory.swap.max", (total - m).to_string()));
+                out.push(w(
+                    "",
+                    "memory.swap.max",
+                    total.saturating_sub(m).to_string(),
+                ));
             }
             if let Some(q) = limits.cpus {
                 out.push(w("", "cpu.max", format!("{} {}", q.quota_us, q.period_us)));

@@ -163,8 +163,14 @@ fn unescape(s: &str) -> PathBuf {
     let b = s.as_bytes();
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'\\' && i + 4 <= b.len() {
-            if let Ok(n) = u8::from_str_radix(&s[i + 1..i + 4], 8) {
+        // Octal escapes only, read as bytes (found by fuzzing: slicing the str could split a
+        // multi-byte character).
+        let octal = |c: &u8| (b'0'..=b'7').contains(c);
+        if b[i] == b'\\' && i + 4 <= b.len() && b[i + 1..i + 4].iter().all(octal) {
+            let n = b[i + 1..i + 4]
+                .iter()
+                .fold(0u32, |acc, c| acc * 8 + u32::from(c - b'0'));
+            if let Ok(n) = u8::try_from(n) {
                 out.push(n);
                 i += 4;
                 continue;

@@ -268,7 +268,16 @@ pub fn parse_io_max(value: &str) -> Result<IoMaxSpec, LimitError> {
 
 impl Limits {
     /// Apply one `KEY=VALUE` (as `berth set` takes them). `KEY=none` (or `max`) lifts a limit.
+    /// On error the limits are left as they were.
     pub fn set(&mut self, assignment: &str) -> Result<(), LimitError> {
+        let mut next = self.clone();
+        next.set_unchecked(assignment)?;
+        next.check()?;
+        *self = next;
+        Ok(())
+    }
+
+    fn set_unchecked(&mut self, assignment: &str) -> Result<(), LimitError> {
         let (key, value) = assignment
             .split_once('=')
             .ok_or_else(|| LimitError::NotKeyValue(assignment.to_string()))?;
@@ -329,7 +338,7 @@ impl Limits {
             "net-rate" => self.net_rate = if lift { None } else { Some(parse_rate(value)?) },
             other => return Err(LimitError::UnknownKey(other.to_string())),
         }
-        self.check()
+        Ok(())
     }
 
     /// Cross-field checks: swap total at least memory, and only with memory.
@@ -414,6 +423,11 @@ mod tests {
         let mut l = Limits::default();
         l.set("memory=1G").unwrap();
         assert!(l.set("memory-swap=512M").is_err(), "swap below memory");
+        // A refused change leaves the limits as they were (found by fuzzing: memory raised
+        // above swap used to stay set, and swap - memory underflowed).
+        l.set("memory-swap=2G").unwrap();
+        assert!(l.set("memory=3G").is_err());
+        assert_eq!((l.memory, l.memory_swap), (Some(1 << 30), Some(2 << 30)));
     }
 
     #[test]

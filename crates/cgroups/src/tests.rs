@@ -46,6 +46,9 @@ fn detects_hybrid_as_v1_and_unified_as_v2() {
     assert_eq!(map["cpu"], map["cpuacct"]);
     assert_eq!(map["pids"], Path::new("/mnt/odd dir"));
 
+    // Not octal, or not ASCII after the backslash: taken as is (found by fuzzing).
+    let odd = "1 2 0:3 / /a\\1\u{2f7}x rw - cgroup cgroup rw,memory\n";
+    assert!(Hierarchy::from_mountinfo(odd).is_ok());
     assert!(matches!(
         Hierarchy::from_mountinfo("garbage\n\n1 2 3 - x"),
         Err(CgroupError::NoHierarchy(_))
