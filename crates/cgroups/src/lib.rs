@@ -137,6 +137,20 @@ impl Hierarchy {
         }
     }
 
+    /// Where a v1 host mounts the named `name=systemd` hierarchy (no controller, but systemd in
+    /// a container keeps its own groups there), from mountinfo's text.
+    pub fn systemd_v1_mount(text: &str) -> Option<PathBuf> {
+        text.lines().find_map(|line| {
+            let fields: Vec<&str> = line.split(' ').collect();
+            let dash = fields.iter().position(|f| *f == "-")?;
+            let superopts = fields.get(dash + 3)?;
+            let mount_point = fields.get(4)?;
+            (*fields.get(dash + 1)? == "cgroup"
+                && superopts.split(',').any(|o| o == "name=systemd"))
+            .then(|| unescape(mount_point))
+        })
+    }
+
     /// Read the host's own hierarchy from `/proc/self/mountinfo`.
     pub fn detect() -> Result<Hierarchy, CgroupError> {
         let path = Path::new("/proc/self/mountinfo");
@@ -513,15 +527,24 @@ fn collect_pids(dir: &Path, out: &mut Vec<u32>) -> Result<(), CgroupError> {
     Ok(())
 }
 
-fn remove_tree(dir: &Path) -> Result<(), CgroupError> {
+/// Remove a group directory and every group below it, deepest first (they must be empty of
+/// processes). A missing directory is fine.
+pub fn remove_tree(dir: &Path) -> Result<(), CgroupError> {
     for sub in subdirs(dir)? {
         remove_tree(&sub)?;
     }
-    match std::fs::remove_dir(dir) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(io_err("removing", dir)(e)),
+    // A group is busy for a moment after its last process was killed (it is still exiting).
+    for attempt in 0.. {
+        match std::fs::remove_dir(dir) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) if e.raw_os_error() == Some(16) && attempt < 100 => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(e) => return Err(io_err("removing", dir)(e)),
+        }
     }
+    Ok(())
 }
 
 /// Create a directory; true if it was new.

@@ -36,6 +36,12 @@ fn detects_hybrid_as_v1_and_unified_as_v2() {
     assert!(!map.contains_key("systemd"));
     assert_eq!(h.version(), Version::V1);
 
+    assert_eq!(
+        Hierarchy::systemd_v1_mount(HYBRID),
+        Some(PathBuf::from("/sys/fs/cgroup/systemd"))
+    );
+    assert_eq!(Hierarchy::systemd_v1_mount(UNIFIED), None);
+
     let h = Hierarchy::from_mountinfo(UNIFIED).unwrap();
     assert_eq!(h, Hierarchy::V2("/sys/fs/cgroup".into()));
 

@@ -111,6 +111,9 @@ pub struct RunArgs {
     /// Cap what the container can write (its writable layer on a disk of this size).
     #[arg(long)]
     pub disk: Option<String>,
+    /// Run in a user namespace: root inside is an unprivileged ID range outside.
+    #[arg(long)]
+    pub unprivileged: bool,
     #[command(flatten)]
     pub limits: LimitArgs,
     /// The command and its arguments.
@@ -137,6 +140,7 @@ pub fn run(a: RunArgs) -> Result<Status> {
             }
             None => None,
         },
+        unprivileged: a.unprivileged,
     })?;
     Ok(Status(code.clamp(0, 255) as u8))
 }
@@ -163,7 +167,7 @@ pub fn info(
         crate::output::print_json(&serde_json::json!({
             "name": row.name, "type": "container", "state": {"state": state, "reason": cts.reason(&row, running)},
             "machine_id": rec.machine_id, "hostname": rec.hostname, "system": rec.system,
-            "address": rec.address, "forwards": rec.forwards,
+            "address": rec.address, "forwards": rec.forwards, "id_base": rec.id_base,
             "image": rec.image, "command": rec.args, "limits": rec.limits, "cgroup": rec.cgroup,
             "network": rec.network, "pid": rec.pid.filter(|_| running), "exit": rec.exit, "usage": usage,
         }))?;
@@ -256,6 +260,7 @@ pub fn launch(a: crate::vm::LaunchArgs) -> Result<Status> {
         network: a.network.unwrap_or_else(|| "bridge".into()),
         forwards: a.forward.iter().map(|f| (f.host, f.guest)).collect(),
         disk: a.disk,
+        unprivileged: a.unprivileged,
     };
     let wait = (!a.no_wait).then(|| std::time::Duration::from_secs(a.timeout));
     let started = std::time::Instant::now();

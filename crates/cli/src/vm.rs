@@ -63,6 +63,9 @@ pub struct LaunchArgs {
     /// A system container instead of a VM: the image's systemd on the host's kernel.
     #[arg(long)]
     pub container: bool,
+    /// Container in a user namespace: root inside is an unprivileged ID range outside.
+    #[arg(long)]
+    pub unprivileged: bool,
     /// Container network: bridge (default: an address on berth0, NAT out), none or host.
     #[arg(long, value_parser = ["bridge", "none", "host"])]
     pub network: Option<String>,
@@ -202,6 +205,9 @@ pub fn launch(a: LaunchArgs) -> Result<Status> {
     }
     if let Some(flag) = a.limits.given().first() {
         anyhow::bail!("--{flag} is a container limit; add --container, or leave it out for a VM");
+    }
+    if a.unprivileged {
+        anyhow::bail!("--unprivileged is for containers (add --container)");
     }
     if a.network.is_some() {
         anyhow::bail!("--network is for containers (VMs use user-mode NAT with --forward)");

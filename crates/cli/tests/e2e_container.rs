@@ -279,7 +279,14 @@ struct Ct(String);
 
 impl Drop for Ct {
     fn drop(&mut self) {
-        let _ = berth(&["delete", "--force", &self.0]);
+        let out = berth(&["delete", "--force", &self.0]);
+        if !out.status.success() {
+            eprintln!(
+                "deleting {} failed: {}",
+                self.0,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
     }
 }
 
@@ -625,4 +632,62 @@ fn ctrl_c_reaches_the_command_and_nothing_is_left() {
     assert_eq!(status.code(), Some(130), "128 + SIGINT from the command");
     assert!(!names().contains(&name));
     assert!(!cgroup_of(&name).exists());
+}
+
+#[test]
+fn unprivileged_root_is_an_unprivileged_id_outside() {
+    e2e_image();
+    let name = format!("ct-userns-{}", std::process::id());
+    let out = common::run_ok(
+        &e2e_dir(),
+        &[
+            "run",
+            "--name",
+            &name,
+            "--unprivileged",
+            "debian-12",
+            "--",
+            "sh",
+            "-c",
+            "id -u; cat /proc/self/uid_map; echo hi > /root/made-inside; stat -c %u /etc/passwd",
+        ],
+    );
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], "0", "root inside: {out}");
+    assert_eq!(
+        lines[1].split_whitespace().collect::<Vec<_>>(),
+        ["0", "1000000", "65536"],
+        "{out}"
+    );
+    assert_eq!(
+        lines[2], "0",
+        "the image's files look root-owned inside: {out}"
+    );
+    // On the host, what root made inside belongs to the unprivileged ID.
+    let made = e2e_dir()
+        .join("containers")
+        .join(&name)
+        .join("upper/root/made-inside");
+    let uid = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(&made).unwrap());
+    assert_eq!(uid, 1_000_000);
+    ok(&["delete", &name]);
+
+    // A system container boots unprivileged too, its systemd groups kept under berth's.
+    let sys = Ct(format!("ct-usys-{}", std::process::id()));
+    ok(&[
+        "launch",
+        "debian-12",
+        &sys.0,
+        "--container",
+        "--unprivileged",
+        "--network",
+        "none",
+        "--timeout",
+        "120",
+    ]);
+    assert_eq!(info(&sys.0)["id_base"], 1_000_000);
+    let pid = info(&sys.0)["pid"].as_u64().unwrap();
+    let st = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let uid_line = st.lines().find(|l| l.starts_with("Uid:")).unwrap();
+    assert!(uid_line.contains("1000000"), "{uid_line}");
 }

@@ -100,6 +100,91 @@ pub fn extract_tree(raw: &Path, dest: &Path) -> Result<(), RootfsError> {
     }
 }
 
+/// Shift the ownership of everything under `dir` owned by an ID below `range` up by `base`
+/// (lchown, never following symlinks), for a user namespace that maps 0 inside to `base`
+/// outside. chown clears set-user-ID and set-group-ID bits, so they are put back. Entries
+/// already at or above `range` are left alone, so shifting twice changes nothing.
+pub fn shift_tree(dir: &Path, base: u32, range: u32) -> Result<(), RootfsError> {
+    use rustix::fs::{AtFlags, Gid, Mode, Uid, CWD};
+    let meta = std::fs::symlink_metadata(dir).map_err(io("reading", dir))?;
+    shift_one(dir, &meta, base, range)?;
+    if !meta.is_dir() {
+        return Ok(());
+    }
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).map_err(io("reading", &d))? {
+            let entry = entry.map_err(io("reading", &d))?;
+            let path = entry.path();
+            let m = std::fs::symlink_metadata(&path).map_err(io("reading", &path))?;
+            shift_one(&path, &m, base, range)?;
+            if m.is_dir() {
+                stack.push(path);
+            }
+        }
+    }
+    return Ok(());
+
+    fn shift_one(
+        path: &Path,
+        m: &std::fs::Metadata,
+        base: u32,
+        range: u32,
+    ) -> Result<(), RootfsError> {
+        use std::os::unix::fs::MetadataExt;
+        let (uid, gid) = (m.uid(), m.gid());
+        if uid >= range && gid >= range {
+            return Ok(());
+        }
+        let nu = if uid < range { uid + base } else { uid };
+        let ng = if gid < range { gid + base } else { gid };
+        rustix::fs::chownat(
+            CWD,
+            path,
+            Some(Uid::from_raw(nu)),
+            Some(Gid::from_raw(ng)),
+            AtFlags::SYMLINK_NOFOLLOW,
+        )
+        .map_err(|e| io("changing the owner of", path)(e.into()))?;
+        let special = m.mode() & 0o6000;
+        if special != 0 && !m.file_type().is_symlink() {
+            rustix::fs::chmodat(
+                CWD,
+                path,
+                Mode::from_raw_mode(m.mode() & 0o7777),
+                AtFlags::empty(),
+            )
+            .map_err(|e| io("restoring the mode of", path)(e.into()))?;
+        }
+        Ok(())
+    }
+}
+
+/// A copy of `tree` at `dest` (which must not exist) shifted for a user namespace based at
+/// `base` (see [`shift_tree`]); built under a temporary name and renamed into place.
+pub fn shifted_copy(tree: &Path, dest: &Path, base: u32, range: u32) -> Result<(), RootfsError> {
+    let parent = dest.parent().unwrap_or(Path::new("."));
+    let tmp = parent.join(format!(
+        ".{}.partial-{}",
+        dest.file_name().unwrap_or_default().to_string_lossy(),
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&tmp);
+    let result = run(Command::new("cp")
+        .arg("-a")
+        .arg("--reflink=auto")
+        .arg(tree)
+        .arg(&tmp))
+    .and_then(|_| shift_tree(&tmp, base, range));
+    match result {
+        Ok(()) => std::fs::rename(&tmp, dest).map_err(io("renaming into place", dest)),
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&tmp);
+            Err(e)
+        }
+    }
+}
+
 /// The directories of one container's copy-on-write root.
 #[derive(Debug, Clone)]
 pub struct Overlay {
@@ -197,6 +282,34 @@ pub fn is_mount_point(path: &Path) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shifting_moves_low_ids_up_once_and_keeps_setuid() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let t = tempfile::tempdir().unwrap();
+        let d = t.path().join("tree");
+        std::fs::create_dir_all(d.join("etc")).unwrap();
+        std::fs::write(d.join("etc/passwd"), "root:x:0:0::/root:/bin/sh\n").unwrap();
+        std::fs::write(d.join("su"), "").unwrap();
+        std::fs::set_permissions(d.join("su"), std::fs::Permissions::from_mode(0o4755)).unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", d.join("link")).unwrap();
+        let owner = |p: &str| {
+            let m = std::fs::symlink_metadata(d.join(p)).unwrap();
+            (m.uid(), m.gid(), m.mode() & 0o7777)
+        };
+        let before = owner("etc/passwd").0;
+        if before != 0 {
+            return; // needs root to chown
+        }
+        shift_tree(&d, 100_000, 65_536).unwrap();
+        assert_eq!(owner("etc/passwd").0, 100_000);
+        assert_eq!(owner("link").0, 100_000);
+        assert_eq!(owner("su"), (100_000, 100_000, 0o4755));
+        // The symlink's target (outside the tree) was not touched.
+        assert_eq!(std::fs::metadata("/etc/passwd").unwrap().uid(), 0);
+        shift_tree(&d, 100_000, 65_536).unwrap();
+        assert_eq!(owner("etc/passwd").0, 100_000);
+    }
 
     #[test]
     fn overlay_layout_and_options() {

@@ -9,8 +9,9 @@
 use std::path::{Path, PathBuf};
 
 use libcontainer::oci_spec::runtime::{
-    Capability, LinuxCapabilitiesBuilder, LinuxNamespace, LinuxNamespaceType, LinuxSeccompAction,
-    LinuxSeccompBuilder, LinuxSyscallBuilder, MountBuilder, RootBuilder, Spec,
+    Capability, LinuxCapabilitiesBuilder, LinuxIdMappingBuilder, LinuxNamespace,
+    LinuxNamespaceType, LinuxSeccompAction, LinuxSeccompBuilder, LinuxSyscallBuilder, MountBuilder,
+    RootBuilder, Spec,
 };
 use thiserror::Error;
 
@@ -116,7 +117,13 @@ pub struct Plan {
     /// A file that stands in for `/dev/console` (bind-mounted over it), so that what init
     /// prints to the console lands there.
     pub console: Option<PathBuf>,
+    /// Run in a user namespace: IDs 0..[`ID_RANGE`] inside are this base and up outside (the
+    /// root filesystem must be owned accordingly; see `rootfs::shift_tree`).
+    pub id_base: Option<u32>,
 }
+
+/// How many user and group IDs an unprivileged container gets.
+pub const ID_RANGE: u32 = 65_536;
 
 /// Build the spec for `plan`.
 pub fn build(plan: &Plan) -> Result<Spec, SpecError> {
@@ -172,6 +179,18 @@ pub fn build(plan: &Plan) -> Result<Spec, SpecError> {
             ns.set_path(Some(path.clone()));
             namespaces.push(ns);
         }
+    }
+    if let Some(base) = plan.id_base {
+        let mut ns = LinuxNamespace::default();
+        ns.set_typ(LinuxNamespaceType::User);
+        namespaces.push(ns);
+        let map = LinuxIdMappingBuilder::default()
+            .container_id(0u32)
+            .host_id(base)
+            .size(ID_RANGE)
+            .build()?;
+        linux.set_uid_mappings(Some(vec![map]));
+        linux.set_gid_mappings(Some(vec![map]));
     }
     linux.set_namespaces(Some(namespaces));
     linux.set_seccomp(Some(
@@ -263,6 +282,7 @@ mod tests {
             terminal: false,
             system: false,
             console: None,
+            id_base: None,
         }
     }
 
@@ -385,6 +405,20 @@ mod tests {
             net.path().as_deref(),
             Some(std::path::Path::new("/run/netns/berth-web"))
         );
+    }
+
+    #[test]
+    fn unprivileged_maps_root_to_the_base() {
+        let mut p = plan();
+        p.id_base = Some(1_000_000);
+        let s = build(&p).unwrap();
+        assert!(ns_types(&s).contains(&LinuxNamespaceType::User));
+        let m = &s.linux().as_ref().unwrap().uid_mappings().as_ref().unwrap()[0];
+        assert_eq!(
+            (m.container_id(), m.host_id(), m.size()),
+            (0, 1_000_000, ID_RANGE)
+        );
+        assert!(!ns_types(&build(&plan()).unwrap()).contains(&LinuxNamespaceType::User));
     }
 
     #[test]

@@ -97,6 +97,9 @@ pub struct ContainerRecord {
     /// Size of the container's own disk (its writable layer), when it has one.
     #[serde(default)]
     pub disk: Option<u64>,
+    /// The host ID that root inside maps to, for an unprivileged container.
+    #[serde(default)]
+    pub id_base: Option<u32>,
     /// A system container (systemd as PID 1) rather than one command.
     #[serde(default)]
     pub system: bool,
@@ -125,6 +128,8 @@ pub struct LaunchOptions {
     pub forwards: Vec<(u16, u16)>,
     /// Cap what the container can write: its upper layer on a disk of this size.
     pub disk: Option<u64>,
+    /// Run in a user namespace: root inside is an unprivileged ID range outside.
+    pub unprivileged: bool,
 }
 
 /// What `berth run` asks for.
@@ -144,6 +149,8 @@ pub struct RunOptions {
     pub network: String,
     /// Cap what the container can write: its upper layer on a disk of this size.
     pub disk: Option<u64>,
+    /// Run in a user namespace: root inside is an unprivileged ID range outside.
+    pub unprivileged: bool,
 }
 
 /// berth's containers.
@@ -324,7 +331,7 @@ impl Containers {
         };
         Hierarchy::detect()?;
         progress("preparing the image's tree");
-        let lower = self.image_tree(&o.image)?;
+        let lower = self.lower_for(&o.image, o.unprivileged.then_some(ID_BASE))?;
         let dir = self.dir(&o.name);
         std::fs::create_dir_all(dir.parent().unwrap_or(&dir)).map_err(io("creating", &dir))?;
         std::fs::create_dir(&dir).map_err(io("creating", &dir))?;
@@ -375,6 +382,9 @@ impl Containers {
             std::fs::create_dir_all(&units).map_err(io("creating", &units))?;
             let mask = units.join("console-getty.service");
             std::os::unix::fs::symlink("/dev/null", &mask).map_err(io("creating", &mask))?;
+            if o.unprivileged {
+                berth_container::rootfs::shift_tree(&upper, ID_BASE, spec::ID_RANGE)?;
+            }
             let cgroup = Cgroup::new(Hierarchy::detect()?, format!("berth/{}", o.name));
             let rec = ContainerRecord {
                 image: o.image.clone(),
@@ -388,6 +398,7 @@ impl Containers {
                 address: None,
                 forwards: o.forwards.clone(),
                 disk: o.disk,
+                id_base: o.unprivileged.then_some(ID_BASE),
                 system: true,
                 machine_id: Some(machine_id),
                 hostname: Some(hostname),
@@ -451,6 +462,7 @@ impl Containers {
             terminal: false,
             system: true,
             console: Some(dir.join("console.log")),
+            id_base: rec.id_base,
         };
         let log_path = dir.join("console.log");
         let spec = spec::build(&plan)?;
@@ -460,6 +472,10 @@ impl Containers {
             .open(&log_path)
             .map_err(io("opening", &log_path))?;
         let log2 = log.try_clone().map_err(io("opening", &log_path))?;
+        if let Some(base) = rec.id_base {
+            // Root inside writes its console through the bind mount: it must own the file.
+            berth_container::rootfs::shift_tree(&log_path, base, spec::ID_RANGE)?;
+        }
         let null =
             std::fs::File::open("/dev/null").map_err(io("opening", Path::new("/dev/null")))?;
         let runtime = self.runtime();
@@ -470,8 +486,17 @@ impl Containers {
             }
             cgroup.remove()?;
         }
+        self.remove_systemd_group(name)?;
         runtime.delete(name)?;
-        let mut created = runtime.create(
+        // On a v1 host systemd inside keeps its groups in the name=systemd hierarchy, which
+        // libcontainer does not manage: berth steps into berth/NAME there while the container is
+        // created, so its init (and its cgroup namespace) starts there, then steps back.
+        let sd_group = self.systemd_group(name);
+        let back = match &sd_group {
+            Some(g) => Some(enter_group(g)?),
+            None => None,
+        };
+        let created = runtime.create(
             name,
             &dir,
             &spec,
@@ -480,7 +505,14 @@ impl Containers {
                 stdout: Some(log),
                 stderr: Some(log2),
             },
-        )?;
+        );
+        if let Some(back) = back {
+            enter_group(&back)?;
+        }
+        let mut created = created?;
+        if let (Some(base), Some(g)) = (rec.id_base, &sd_group) {
+            berth_container::rootfs::shift_tree(g, base, spec::ID_RANGE)?;
+        }
         rec.pid = created.pid();
         self.store.set_instance_spec(
             name,
@@ -488,6 +520,12 @@ impl Containers {
         )?;
         cgroup.create()?;
         cgroup.apply(&rec.limits, &rec.io, None)?;
+        if let Some(base) = rec.id_base {
+            // systemd inside makes its own groups: root inside must own the container's.
+            for d in cgroup.dirs() {
+                berth_container::rootfs::shift_tree(&d, base, spec::ID_RANGE)?;
+            }
+        }
         self.connect(name, &mut rec)?;
         created.start()?;
         self.store.set_instance_state(name, "running", "")?;
@@ -559,6 +597,39 @@ impl Containers {
             if !others {
                 net.teardown_bridge()?;
             }
+        }
+        Ok(())
+    }
+
+    /// The shared lower tree: the image's own, or for unprivileged containers a copy owned by
+    /// the mapped ID range (made once per image and base).
+    fn lower_for(&self, image: &str, id_base: Option<u32>) -> Result<PathBuf, ContainerError> {
+        let tree = self.image_tree(image)?;
+        let Some(base) = id_base else {
+            return Ok(tree);
+        };
+        let shifted = ImageStore::new(&self.dirs)
+            .path(image)
+            .join(format!("rootfs-{base}"));
+        if !shifted.is_dir() {
+            berth_container::rootfs::shifted_copy(&tree, &shifted, base, spec::ID_RANGE)?;
+        }
+        Ok(shifted)
+    }
+
+    /// The container's group in the v1 name=systemd hierarchy, on hosts that have one.
+    fn systemd_group(&self, name: &str) -> Option<PathBuf> {
+        let text = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+        if Hierarchy::from_mountinfo(&text).ok()?.version() != berth_cgroups::Version::V1 {
+            return None;
+        }
+        Some(Hierarchy::systemd_v1_mount(&text)?.join("berth").join(name))
+    }
+
+    /// Remove the container's name=systemd groups (after its processes are gone).
+    fn remove_systemd_group(&self, name: &str) -> Result<(), ContainerError> {
+        if let Some(g) = self.systemd_group(name) {
+            berth_cgroups::remove_tree(&g)?;
         }
         Ok(())
     }
@@ -745,13 +816,14 @@ impl Containers {
                 kill(p, "KILL");
             }
         }
-        for _ in 0..200 {
+        for _ in 0..400 {
             if cgroup.pids()?.is_empty() {
                 break;
             }
             std::thread::sleep(std::time::Duration::from_millis(25));
         }
         cgroup.remove()?;
+        self.remove_systemd_group(name)?;
         self.runtime().delete(name)?;
         self.disconnect(name, &rec, false)?;
         self.unmount(name)?;
@@ -773,7 +845,7 @@ impl Containers {
                 "{name} ran one command (berth run); run it again with berth run"
             )));
         }
-        let lower = self.image_tree(&rec.image)?;
+        let lower = self.lower_for(&rec.image, rec.id_base)?;
         self.boot(name, &lower, rec)
     }
 
@@ -836,7 +908,7 @@ impl Containers {
             ));
         }
         let hierarchy = Hierarchy::detect()?;
-        let lower = self.image_tree(&o.image)?;
+        let lower = self.lower_for(&o.image, o.unprivileged.then_some(ID_BASE))?;
         let cgroup = Cgroup::new(hierarchy, format!("berth/{name}"));
         let mut rec = ContainerRecord {
             image: o.image.clone(),
@@ -850,6 +922,7 @@ impl Containers {
             address: None,
             forwards: Vec::new(),
             disk: o.disk,
+            id_base: o.unprivileged.then_some(ID_BASE),
             system: false,
             machine_id: None,
             hostname: None,
@@ -907,6 +980,10 @@ impl Containers {
         if o.network == "bridge" {
             write_network_files(&overlay.upper, &o.network)?;
         }
+        if let Some(base) = rec.id_base {
+            std::fs::create_dir_all(&overlay.upper).map_err(io("creating", &overlay.upper))?;
+            berth_container::rootfs::shift_tree(&overlay.upper, base, spec::ID_RANGE)?;
+        }
         overlay.mount()?;
         let plan = Plan {
             rootfs: overlay.merged.clone(),
@@ -922,6 +999,7 @@ impl Containers {
             terminal: false,
             system: false,
             console: None,
+            id_base: rec.id_base,
         };
         let spec = spec::build(&plan)?;
         let runtime = self.runtime();
@@ -956,6 +1034,7 @@ impl Containers {
         if cgroup.exists() {
             cgroup.remove()?;
         }
+        self.remove_systemd_group(name)?;
         self.runtime().delete(name)?;
         let dir = self.dir(name);
         self.unmount(name)?;
@@ -985,7 +1064,7 @@ impl Containers {
         let hierarchy = Hierarchy::detect()?;
         let cgroup = Cgroup::new(hierarchy, &rec.cgroup);
         // Wait for the cgroup to empty after a kill.
-        for _ in 0..100 {
+        for _ in 0..500 {
             if cgroup.pids()?.is_empty() {
                 break;
             }
@@ -1000,6 +1079,28 @@ impl Containers {
         Ok(())
     }
 }
+
+/// Move this process into the v1 group `dir` (created if need be); returns the group it was in,
+/// to come back to.
+fn enter_group(dir: &Path) -> Result<PathBuf, ContainerError> {
+    std::fs::create_dir_all(dir).map_err(io("creating", dir))?;
+    // The hierarchy's root: walk up to the mount point of the hierarchy `dir` is in.
+    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let root = Hierarchy::systemd_v1_mount(&text)
+        .ok_or_else(|| ContainerError::Invalid("no name=systemd hierarchy".into()))?;
+    let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+    let current = own
+        .lines()
+        .find_map(|l| l.split_once(":name=systemd:").map(|(_, p)| p.to_string()))
+        .unwrap_or_else(|| "/".into());
+    let back = root.join(current.trim_start_matches('/'));
+    let procs = dir.join("cgroup.procs");
+    std::fs::write(&procs, std::process::id().to_string()).map_err(io("joining", &procs))?;
+    Ok(back)
+}
+
+/// Where root of an unprivileged container maps to on the host (as LXD's default map starts).
+pub const ID_BASE: u32 = 1_000_000;
 
 /// What a container's network needs in its upper layer: the host's resolvers on a bridge, and
 /// cloud-init told to leave the network alone (berth configures eth0 from outside, and there is
