@@ -901,7 +901,9 @@ impl Containers {
             Some(n) => n.clone(),
             None => format!("run-{}-{}", std::process::id(), unix_now() % 100_000),
         };
+        let mut clock = Clock::start();
         self.check_new(&name, &o.limits, &o.network, &[], &o.disk)?;
+        clock.mark("checks");
         if o.args.is_empty() {
             return Err(ContainerError::Invalid(
                 "no command given: berth run IMAGE -- CMD [ARGS...]".into(),
@@ -910,6 +912,7 @@ impl Containers {
         let hierarchy = Hierarchy::detect()?;
         let lower = self.lower_for(&o.image, o.unprivileged.then_some(ID_BASE))?;
         let cgroup = Cgroup::new(hierarchy, format!("berth/{name}"));
+        clock.mark("hierarchy and image tree");
         let mut rec = ContainerRecord {
             image: o.image.clone(),
             args: o.args.clone(),
@@ -937,7 +940,8 @@ impl Containers {
             created_at: unix_now() as i64,
         };
         self.store.insert_instance(&row)?;
-        let result = self.run_inner(&name, &lower, &cgroup, &mut rec, o);
+        clock.mark("state row");
+        let result = self.run_inner(&name, &lower, &cgroup, &mut rec, o, &mut clock);
         // Whatever happened, the container's process is gone or reaped by now.
         let outcome = match &result {
             Ok(code) => format!("exited with {code}"),
@@ -945,10 +949,12 @@ impl Containers {
         };
         rec.pid = None;
         rec.exit = result.as_ref().ok().copied();
+        clock.mark("record exit");
         if o.rm || result.is_err() {
             let cleaned = self
                 .disconnect(&name, &rec, true)
                 .and_then(|_| self.remove_all(&name, &cgroup));
+            clock.mark("removed");
             result.and_then(|code| cleaned.map(|_| code))
         } else {
             self.store.set_instance_spec(
@@ -968,6 +974,7 @@ impl Containers {
         cgroup: &Cgroup,
         rec: &mut ContainerRecord,
         o: &RunOptions,
+        clock: &mut Clock,
     ) -> Result<i32, ContainerError> {
         let dir = self.dir(name);
         std::fs::create_dir_all(&dir).map_err(io("creating", &dir))?;
@@ -985,6 +992,7 @@ impl Containers {
             berth_container::rootfs::shift_tree(&overlay.upper, base, spec::ID_RANGE)?;
         }
         overlay.mount()?;
+        clock.mark("overlay");
         let plan = Plan {
             rootfs: overlay.merged.clone(),
             args: o.args.clone(),
@@ -1003,17 +1011,22 @@ impl Containers {
         };
         let spec = spec::build(&plan)?;
         let runtime = self.runtime();
+        clock.mark("spec");
         let mut created = runtime.create(name, &dir, &spec, Default::default())?;
+        clock.mark("libcontainer create");
         // The init process waits in its cgroup: the limits hold before the command starts.
         cgroup.create()?;
         cgroup.apply(&o.limits, &rec.io, None)?;
+        clock.mark("limits");
         rec.pid = created.pid();
         self.store.set_instance_spec(
             name,
             &serde_json::to_string(&rec).expect("record serialises"),
         )?;
         self.connect(name, rec)?;
+        clock.mark("record pid, network");
         created.start()?;
+        clock.mark("libcontainer start");
         // Ctrl-C, a terminal hang-up or a TERM to berth go to the command, as a shell passes
         // them on: berth waits for it and cleans up rather than leaving it behind.
         let forward = forward_signals(rec.pid.unwrap_or(0), cgroup.clone());
@@ -1022,7 +1035,9 @@ impl Containers {
             handle.close();
         }
         let code = code?;
+        clock.mark("command ran");
         runtime.delete(name)?;
+        clock.mark("libcontainer delete");
         Ok(code)
     }
 
@@ -1097,6 +1112,34 @@ fn enter_group(dir: &Path) -> Result<PathBuf, ContainerError> {
     let procs = dir.join("cgroup.procs");
     std::fs::write(&procs, std::process::id().to_string()).map_err(io("joining", &procs))?;
     Ok(back)
+}
+
+/// Per-phase timings, logged at debug level (`BERTH_LOG=berth_host=debug`), for finding where a
+/// container start spends its time.
+struct Clock {
+    start: std::time::Instant,
+    last: std::time::Instant,
+}
+
+impl Clock {
+    fn start() -> Clock {
+        let now = std::time::Instant::now();
+        Clock {
+            start: now,
+            last: now,
+        }
+    }
+
+    fn mark(&mut self, phase: &str) {
+        let now = std::time::Instant::now();
+        tracing::debug!(
+            phase,
+            ms = format!("{:.2}", (now - self.last).as_secs_f64() * 1000.0),
+            total_ms = format!("{:.2}", (now - self.start).as_secs_f64() * 1000.0),
+            "container phase"
+        );
+        self.last = now;
+    }
 }
 
 /// Where root of an unprivileged container maps to on the host (as LXD's default map starts).
