@@ -567,6 +567,69 @@ print(n * 8 / (time.time() - t) / 1e6)\""
     drop(b);
     assert!(!std::path::Path::new("/sys/class/net/berth0").exists());
     assert_eq!(ruleset(), before);
+
+    // The same through the iptables fallback (as on hosts without nft).
+    let ipt = || {
+        let out = std::process::Command::new("iptables-save")
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .map(|l| l.split(" [").next().unwrap_or(l).to_string())
+            .collect::<Vec<_>>()
+    };
+    let ipt_before = ipt();
+    let c = Ct(format!("ct-net-ipt-{}", std::process::id()));
+    let berth_ipt = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_berth"))
+            .args(args)
+            .env("BERTH_DIR", e2e_dir())
+            .env("BERTH_FIREWALL", "iptables")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    berth_ipt(&[
+        "launch",
+        "debian-12",
+        &c.0,
+        "--container",
+        "--forward",
+        &format!("{port}:8000"),
+        "--timeout",
+        "120",
+    ]);
+    assert!(ipt()
+        .iter()
+        .any(|l| l.contains("BERTH-DNAT") && l.contains(&format!("--dport {port}"))));
+    exec(
+        &c.0,
+        "cd /tmp && (nohup python3 -m http.server 8000 >/dev/null 2>&1 &); sleep 1",
+    );
+    assert_eq!(
+        exec(
+            &c.0,
+            &fetch("http://deb.debian.org/debian/dists/bookworm/Release")
+        ),
+        "200"
+    );
+    let status = std::process::Command::new("python3")
+        .args([
+            "-c",
+            &format!("import urllib.request as u; print(u.urlopen('http://10.87.0.1:{port}/', timeout=5).status)"),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&status.stdout).trim(), "200");
+    berth_ipt(&["delete", "--force", &c.0]);
+    assert!(!std::path::Path::new("/sys/class/net/berth0").exists());
+    assert_eq!(ipt(), ipt_before);
+    assert_eq!(ruleset(), before);
 }
 
 /// MiB/s of 12 MiB written with O_DIRECT to /root/d in a container (then removed).

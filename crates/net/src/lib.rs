@@ -392,15 +392,18 @@ fn has(program: &str) -> bool {
 }
 
 impl Host {
-    /// The default bridge, with nftables when `nft` is installed and iptables otherwise.
+    /// The default bridge, with nftables when `nft` is installed and iptables otherwise;
+    /// `BERTH_FIREWALL=iptables` (or `nft`) chooses.
     pub fn detect() -> Host {
+        let firewall = match std::env::var("BERTH_FIREWALL").as_deref() {
+            Ok("iptables") => Firewall::Iptables,
+            Ok("nft") => Firewall::Nft,
+            _ if has("nft") => Firewall::Nft,
+            _ => Firewall::Iptables,
+        };
         Host {
             bridge: Bridge::default(),
-            firewall: if has("nft") {
-                Firewall::Nft
-            } else {
-                Firewall::Iptables
-            },
+            firewall,
         }
     }
 
@@ -501,11 +504,17 @@ impl Host {
         Ok(())
     }
 
-    /// Remove the container's host end (its pair goes with it). Idempotent.
+    /// Remove the container's host end (its pair goes with it). Idempotent: when the container's
+    /// namespace has just died, the kernel may be removing the pair at the same moment.
     pub fn detach(&self, container: &str) -> Result<(), NetError> {
         let (host, _) = veth_names(container);
-        if std::path::Path::new("/sys/class/net").join(&host).exists() {
-            run("ip", &s(&["link", "del", &host]))?;
+        let dev = std::path::Path::new("/sys/class/net").join(&host);
+        if dev.exists() {
+            if let Err(e) = run("ip", &s(&["link", "del", &host])) {
+                if dev.exists() {
+                    return Err(e);
+                }
+            }
         }
         Ok(())
     }
