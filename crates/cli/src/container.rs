@@ -318,3 +318,29 @@ pub fn set(a: SetArgs) -> Result<Status> {
     println!("Updated {}.", a.name);
     Ok(Status(0))
 }
+
+/// `berth console-relay` (internal): holds a system container's console; see
+/// `berth_container::console`.
+#[derive(Debug, Args)]
+pub struct RelayArgs {
+    /// The pty slave (the container's /dev/console).
+    #[arg(long)]
+    pub slave: std::path::PathBuf,
+    /// The socket `berth console` attaches to.
+    #[arg(long)]
+    pub socket: std::path::PathBuf,
+    /// The console log.
+    #[arg(long)]
+    pub log: std::path::PathBuf,
+    /// The container's init; the relay ends with it.
+    #[arg(long)]
+    pub pid: u32,
+}
+
+pub fn relay(a: RelayArgs) -> Result<Status> {
+    use std::os::fd::AsFd;
+    // The pty master arrives as standard input.
+    let master = std::io::stdin().as_fd().try_clone_to_owned()?;
+    berth_container::console::relay(master, &a.slave, &a.socket, &a.log, a.pid)?;
+    Ok(Status(0))
+}

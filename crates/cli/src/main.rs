@@ -55,6 +55,9 @@ enum Command {
     Logs(vm::LogsArgs),
     /// Open an SSH session, or run a command over SSH.
     Ssh(vm::SshArgs),
+    /// Internal: hold a system container's console for `berth console` and `berth logs`.
+    #[command(hide = true)]
+    ConsoleRelay(container::RelayArgs),
     /// Change a container's limits, at once if it runs (KEY=VALUE, KEY=none lifts one).
     Set(container::SetArgs),
     /// A login shell in a container (an SSH session for a VM).
@@ -119,6 +122,7 @@ fn main() -> ExitCode {
         Command::Exec(a) => (vm::exec(a), 255),
         Command::Shell(a) => (vm::shell(a), 255),
         Command::Set(a) => (container::set(a), 1),
+        Command::ConsoleRelay(a) => (container::relay(a), 1),
         Command::Seed(cmd) => (seed::run(cmd), 2),
         Command::MachineId(cmd) => (machine_id::run(cmd), 1),
     };

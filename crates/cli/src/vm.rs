@@ -488,7 +488,20 @@ fn shell_quote(s: &str) -> String {
 }
 
 pub fn console(a: NameArg) -> Result<Status> {
-    let sock = vms()?.console_socket(&a.name)?;
+    let sock = if crate::container::is_container(&a.name) {
+        let c = crate::container::containers()?;
+        let path = c.console_socket(&a.name)?;
+        // The relay may take a moment to listen after a start.
+        for _ in 0..50 {
+            if path.exists() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        path
+    } else {
+        vms()?.console_socket(&a.name)?
+    };
     let stream = std::os::unix::net::UnixStream::connect(&sock).with_context(|| {
         format!(
             "{} is not running (no console at {})",

@@ -390,6 +390,10 @@ fn system_container_boots_systemd_with_its_own_identity() {
     assert!(usage["memory_bytes"].as_u64().unwrap() > 0, "{usage}");
     assert!(usage["pids"].as_u64().unwrap() >= 3, "{usage}");
 
+    // The console is interactive (getty on /dev/console) and its output is in the logs.
+    common::console_answers(&e2e_dir(), &a.0);
+    assert!(ok(&["logs", &a.0]).contains("login:"));
+
     // berth set changes limits on the running container, and they bite at once.
     ok(&["set", &a.0, "pids=60", "memory=256M"]);
     assert_eq!(

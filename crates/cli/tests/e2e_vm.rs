@@ -211,65 +211,8 @@ fn full_emulation_guest_boots() {
     assert!(drivers.contains("e1000"), "{drivers}");
     assert!(drivers.ends_with('0'), "no virtio devices: {drivers}");
     assert_eq!(exec(&c.0, "cat /etc/machine-id"), registered_id(&c.0));
-    console_answers(&c.0);
-}
-
-/// `berth console NAME` is interactive both ways: a user name typed into the guest's serial getty
-/// brings its password prompt back, and Ctrl-] detaches with status 0, leaving the guest running.
-fn console_answers(name: &str) {
-    use std::io::{Read, Write};
-    use std::process::Stdio;
-    use std::sync::{Arc, Mutex};
-    use std::time::{Duration, Instant};
-
-    let mut child = Command::new(env!("CARGO_BIN_EXE_berth"))
-        .args(["console", name])
-        .env("BERTH_DIR", e2e_dir())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let mut out = child.stdout.take().unwrap();
-    let sink = seen.clone();
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 4096];
-        while let Ok(n) = out.read(&mut buf) {
-            if n == 0 {
-                break;
-            }
-            sink.lock().unwrap().extend_from_slice(&buf[..n]);
-        }
-    });
-    let mut input = child.stdin.take().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    // Keep typing the user name until getty asks for its password (the first keystrokes may
-    // arrive while getty is still starting).
-    loop {
-        input.write_all(b"console-check\r").unwrap();
-        std::thread::sleep(Duration::from_secs(2));
-        if String::from_utf8_lossy(&seen.lock().unwrap()).contains("Password:") {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no password prompt on the console; it showed:\n{}",
-            String::from_utf8_lossy(&seen.lock().unwrap())
-        );
-    }
-    input.write_all(&[0x1d]).unwrap();
-    let status = child.wait().unwrap();
-    let mut err = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
-    assert!(status.success(), "console exited with {status}: {err}");
-    assert!(err.contains(&format!("Detached from {name}")), "{err}");
-    assert_eq!(state(name)["state"], "running");
+    common::console_answers(&e2e_dir(), &c.0);
+    assert_eq!(state(&c.0)["state"], "running");
 }
 
 #[test]

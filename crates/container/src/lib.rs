@@ -5,6 +5,7 @@
 //! Not here: cgroup limits (the `berth-cgroups` crate), state and naming (`berth-host`), and
 //! networking.
 
+pub mod console;
 pub mod rootfs;
 pub mod runtime;
 pub mod spec;

@@ -377,11 +377,6 @@ impl Containers {
                 std::fs::write(&path, text).map_err(io("writing", &path))?;
             }
             write_network_files(&upper, &o.network)?;
-            // /dev/console is a log file, not a terminal: no getty on it.
-            let units = upper.join("etc/systemd/system");
-            std::fs::create_dir_all(&units).map_err(io("creating", &units))?;
-            let mask = units.join("console-getty.service");
-            std::os::unix::fs::symlink("/dev/null", &mask).map_err(io("creating", &mask))?;
             if o.unprivileged {
                 berth_container::rootfs::shift_tree(&upper, ID_BASE, spec::ID_RANGE)?;
             }
@@ -443,6 +438,12 @@ impl Containers {
         mut rec: ContainerRecord,
     ) -> Result<ContainerRecord, ContainerError> {
         let dir = self.dir(name);
+        // /dev/console: a pty whose master a relay process holds (berth console, berth logs).
+        let pty = berth_container::console::open_pty()
+            .map_err(|e| io("opening a pseudo-terminal for", &dir)(e))?;
+        if let Some(base) = rec.id_base {
+            berth_container::rootfs::shift_tree(&pty.slave, base, spec::ID_RANGE)?;
+        }
         self.mount_disk(name, rec.disk)?;
         let overlay = self.overlay_for(name, lower, rec.disk);
         overlay.mount()?;
@@ -461,7 +462,7 @@ impl Containers {
             },
             terminal: false,
             system: true,
-            console: Some(dir.join("console.log")),
+            console: Some(pty.slave.clone()),
             id_base: rec.id_base,
         };
         let log_path = dir.join("console.log");
@@ -514,6 +515,7 @@ impl Containers {
             berth_container::rootfs::shift_tree(g, base, spec::ID_RANGE)?;
         }
         rec.pid = created.pid();
+        self.spawn_relay(name, pty, rec.pid.unwrap_or(0))?;
         self.store.set_instance_spec(
             name,
             &serde_json::to_string(&rec).expect("record serialises"),
@@ -885,6 +887,43 @@ impl Containers {
             &serde_json::to_string(&rec).expect("record serialises"),
         )?;
         Ok(new)
+    }
+
+    /// Start the console relay for a created container (see `berth_container::console`): this
+    /// same program, run as `berth console-relay`, in its own process group so it outlives the
+    /// command that launched the container.
+    fn spawn_relay(
+        &self,
+        name: &str,
+        pty: berth_container::console::Pty,
+        pid: u32,
+    ) -> Result<(), ContainerError> {
+        use std::os::unix::process::CommandExt;
+        let dir = self.dir(name);
+        let exe = std::env::current_exe().map_err(io("finding berth's own program for", &dir))?;
+        std::process::Command::new(&exe)
+            .arg("console-relay")
+            .arg("--slave")
+            .arg(&pty.slave)
+            .arg("--socket")
+            .arg(dir.join("console.sock"))
+            .arg("--log")
+            .arg(dir.join("console.log"))
+            .arg("--pid")
+            .arg(pid.to_string())
+            .stdin(std::process::Stdio::from(pty.master))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .process_group(0)
+            .spawn()
+            .map_err(io("starting the console relay", &exe))?;
+        Ok(())
+    }
+
+    /// The socket `berth console` attaches to (while the container runs).
+    pub fn console_socket(&self, name: &str) -> Result<PathBuf, ContainerError> {
+        self.get(name)?;
+        Ok(self.dir(name).join("console.sock"))
     }
 
     /// A container's console log.
