@@ -162,6 +162,7 @@ pub fn info(
     } else {
         None
     };
+    let net = cts.net_bytes(&row.name, &rec);
     let state = if running { "running" } else { "stopped" };
     if json {
         crate::output::print_json(&serde_json::json!({
@@ -170,6 +171,7 @@ pub fn info(
             "address": rec.address, "forwards": rec.forwards, "id_base": rec.id_base,
             "image": rec.image, "command": rec.args, "limits": rec.limits, "cgroup": rec.cgroup,
             "network": rec.network, "pid": rec.pid.filter(|_| running), "exit": rec.exit, "usage": usage,
+            "net": net.map(|(rx, tx)| serde_json::json!({"received_bytes": rx, "sent_bytes": tx})),
         }))?;
         return Ok(Status(0));
     }
@@ -237,6 +239,13 @@ pub fn info(
                 berth_disk::units::human_size(w)
             );
         }
+    }
+    if let Some((rx, tx)) = net {
+        println!(
+            "Network I/O: {} received, {} sent",
+            berth_disk::units::human_size(rx),
+            berth_disk::units::human_size(tx)
+        );
     }
     Ok(Status(0))
 }

@@ -564,6 +564,9 @@ print(n * 8 / (time.time() - t) / 1e6)\""
         (7.5..=11.0).contains(&rate),
         "{rate:.2} Mbit/s through --net-rate 10mbit"
     );
+    // info counts what went through the interface: A sent the 5 MB blob.
+    let sent = info(&a.0)["net"]["sent_bytes"].as_u64().unwrap();
+    assert!(sent > 5_000_000, "A sent {sent} bytes");
 
     // Deleting the containers removes their interfaces and forwards; the last one takes the
     // bridge and berth's table with it, and the host's own rules are as they were.

@@ -926,6 +926,23 @@ impl Containers {
         Ok(self.dir(name).join("console.sock"))
     }
 
+    /// Bytes the container received and sent on its bridge interface, read from the host's end
+    /// of its veth pair (what the host end transmits, the container receives).
+    pub fn net_bytes(&self, name: &str, rec: &ContainerRecord) -> Option<(u64, u64)> {
+        if rec.network != "bridge" || !self.is_running(rec) {
+            return None;
+        }
+        let (host, _) = berth_net::veth_names(name);
+        let stat = |f: &str| -> Option<u64> {
+            std::fs::read_to_string(format!("/sys/class/net/{host}/statistics/{f}"))
+                .ok()?
+                .trim()
+                .parse()
+                .ok()
+        };
+        Some((stat("tx_bytes")?, stat("rx_bytes")?))
+    }
+
     /// A container's console log.
     pub fn console_log(&self, name: &str) -> Result<PathBuf, ContainerError> {
         self.get(name)?;
