@@ -166,6 +166,26 @@ pub fn run(cmd: ImageCommand) -> Result<Status> {
             Ok(Status(0))
         }
         ImageCommand::Rm { name } => {
+            // Overlays and container layers sit on the image: removing it would lose them.
+            let mut users: Vec<String> = berth_host::vms::Vms::open(&crate::output::dirs()?)?
+                .list()?
+                .into_iter()
+                .filter(|(row, _, _)| row.image == name)
+                .map(|(row, _, _)| row.name)
+                .collect();
+            users.extend(
+                crate::container::containers()?
+                    .list()?
+                    .into_iter()
+                    .filter(|(row, _, _)| row.image == name)
+                    .map(|(row, _, _)| row.name),
+            );
+            if !users.is_empty() {
+                anyhow::bail!(
+                    "image {name} is in use by {}; delete them first (nothing was removed)",
+                    users.join(", ")
+                );
+            }
             store.remove(&name)?;
             println!("Removed image {name}.");
             Ok(Status(0))

@@ -195,6 +195,11 @@ fn kept_container_lists_and_deletes_clean() {
         .join("upper/root/f");
     assert_eq!(std::fs::read_to_string(&upper).unwrap(), "kept\n");
     assert!(!e2e_dir().join("images/debian-12/rootfs/root/f").exists());
+    // The image cannot be removed from under the container.
+    let rm = berth(&["image", "rm", "debian-12"]);
+    assert!(!rm.status.success());
+    assert!(String::from_utf8_lossy(&rm.stderr).contains(&name));
+    assert!(e2e_dir().join("images/debian-12/disk.qcow2").exists());
     // A second run with the same name is refused and changes nothing.
     let again = berth(&["run", "--name", &name, "debian-12", "--", "/bin/true"]);
     assert_eq!(again.status.code(), Some(125));
