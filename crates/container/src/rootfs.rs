@@ -62,42 +62,70 @@ fn run(cmd: &mut Command) -> Result<(), RootfsError> {
     Ok(())
 }
 
-/// Copy the filesystem of the raw ext4 image `raw` into the new directory `dest` (which must not
-/// exist). Built under a temporary sibling and renamed into place, so an interrupted extraction
-/// leaves no half tree under `dest`.
-pub fn extract_tree(raw: &Path, dest: &Path) -> Result<(), RootfsError> {
+/// Build the directory `dest` (which must not exist) under a temporary sibling with `make`,
+/// then rename it into place; on error the sibling is removed, so nothing half-made is ever
+/// seen under `dest`.
+fn build_into(
+    dest: &Path,
+    make: impl FnOnce(&Path) -> Result<(), RootfsError>,
+) -> Result<(), RootfsError> {
     let parent = dest.parent().unwrap_or(Path::new("."));
     let tmp = parent.join(format!(
         ".{}.partial-{}",
         dest.file_name().unwrap_or_default().to_string_lossy(),
         std::process::id()
     ));
-    let mnt = parent.join(format!(".mnt-{}", std::process::id()));
-    for d in [&tmp, &mnt] {
-        std::fs::create_dir_all(d).map_err(io("creating", d))?;
-    }
-    let result = (|| {
-        run(Command::new("mount")
-            .args(["-t", "ext4", "-o", "loop,ro,noload"])
-            .arg(raw)
-            .arg(&mnt))?;
-        let copied = run(Command::new("cp")
-            .arg("-a")
-            .arg("--one-file-system")
-            .arg(format!("{}/.", mnt.display()))
-            .arg(&tmp));
-        let unmounted = unmount(&mnt);
-        copied?;
-        unmounted
-    })();
-    let _ = std::fs::remove_dir(&mnt);
-    match result {
+    let _ = std::fs::remove_dir_all(&tmp);
+    match make(&tmp) {
         Ok(()) => std::fs::rename(&tmp, dest).map_err(io("renaming into place", dest)),
         Err(e) => {
             let _ = std::fs::remove_dir_all(&tmp);
             Err(e)
         }
     }
+}
+
+/// Make an ext4 filesystem labelled `label` on the image file `image`.
+pub fn make_ext4(image: &Path, label: &str) -> Result<(), RootfsError> {
+    run(Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-L", label])
+        .arg(image))
+}
+
+/// Mount the ext4 filesystem in the image file `image` at `at` through a loop device, with
+/// extra mount `options` (e.g. `ro,noload`).
+pub fn mount_ext4_loop(image: &Path, at: &Path, options: &str) -> Result<(), RootfsError> {
+    let opts = if options.is_empty() {
+        "loop".to_string()
+    } else {
+        format!("loop,{options}")
+    };
+    run(Command::new("mount")
+        .args(["-t", "ext4", "-o", &opts])
+        .arg(image)
+        .arg(at))
+}
+
+/// Copy the filesystem of the raw ext4 image `raw` into the new directory `dest` (which must not
+/// exist), built under a temporary sibling (see [`build_into`]).
+pub fn extract_tree(raw: &Path, dest: &Path) -> Result<(), RootfsError> {
+    let parent = dest.parent().unwrap_or(Path::new("."));
+    let mnt = parent.join(format!(".mnt-{}", std::process::id()));
+    std::fs::create_dir_all(&mnt).map_err(io("creating", &mnt))?;
+    let result = build_into(dest, |tmp| {
+        std::fs::create_dir_all(tmp).map_err(io("creating", tmp))?;
+        mount_ext4_loop(raw, &mnt, "ro,noload")?;
+        let copied = run(Command::new("cp")
+            .arg("-a")
+            .arg("--one-file-system")
+            .arg(format!("{}/.", mnt.display()))
+            .arg(tmp));
+        let unmounted = unmount(&mnt);
+        copied?;
+        unmounted
+    });
+    let _ = std::fs::remove_dir(&mnt);
+    result
 }
 
 /// Shift the ownership of everything under `dir` owned by an ID below `range` up by `base`
@@ -161,28 +189,16 @@ pub fn shift_tree(dir: &Path, base: u32, range: u32) -> Result<(), RootfsError> 
 }
 
 /// A copy of `tree` at `dest` (which must not exist) shifted for a user namespace based at
-/// `base` (see [`shift_tree`]); built under a temporary name and renamed into place.
+/// `base` (see [`shift_tree`]); built under a temporary sibling (see [`build_into`]).
 pub fn shifted_copy(tree: &Path, dest: &Path, base: u32, range: u32) -> Result<(), RootfsError> {
-    let parent = dest.parent().unwrap_or(Path::new("."));
-    let tmp = parent.join(format!(
-        ".{}.partial-{}",
-        dest.file_name().unwrap_or_default().to_string_lossy(),
-        std::process::id()
-    ));
-    let _ = std::fs::remove_dir_all(&tmp);
-    let result = run(Command::new("cp")
-        .arg("-a")
-        .arg("--reflink=auto")
-        .arg(tree)
-        .arg(&tmp))
-    .and_then(|_| shift_tree(&tmp, base, range));
-    match result {
-        Ok(()) => std::fs::rename(&tmp, dest).map_err(io("renaming into place", dest)),
-        Err(e) => {
-            let _ = std::fs::remove_dir_all(&tmp);
-            Err(e)
-        }
-    }
+    build_into(dest, |tmp| {
+        run(Command::new("cp")
+            .arg("-a")
+            .arg("--reflink=auto")
+            .arg(tree)
+            .arg(tmp))?;
+        shift_tree(tmp, base, range)
+    })
 }
 
 /// The directories of one container's copy-on-write root.
@@ -268,15 +284,24 @@ fn unmount(path: &Path) -> Result<(), RootfsError> {
     })
 }
 
-/// Whether `path` is a mount point, from `/proc/self/mountinfo`.
-pub fn is_mount_point(path: &Path) -> bool {
-    let Ok(text) = std::fs::read_to_string("/proc/self/mountinfo") else {
-        return false;
-    };
+/// The device (major, minor) of the filesystem mounted at `path`, if one is, from
+/// `/proc/self/mountinfo` (which escapes spaces in mount points as `\040`).
+pub fn mount_device(path: &Path) -> Option<(u32, u32)> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
     let want = path.to_string_lossy().replace(' ', "\\040");
-    text.lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .any(|mp| mp == want)
+    text.lines().find_map(|l| {
+        let f: Vec<&str> = l.split(' ').collect();
+        if f.get(4) != Some(&want.as_str()) {
+            return None;
+        }
+        let (a, b) = f.get(2)?.split_once(':')?;
+        Some((a.parse().ok()?, b.parse().ok()?))
+    })
+}
+
+/// Whether `path` is a mount point.
+pub fn is_mount_point(path: &Path) -> bool {
+    mount_device(path).is_some()
 }
 
 #[cfg(test)]

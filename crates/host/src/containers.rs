@@ -649,19 +649,7 @@ impl Containers {
             &ops::CreateOptions::new(&disk, Format::Raw, Some(size)),
             &BackingPolicy::default(),
         )?;
-        let out = std::process::Command::new("mkfs.ext4")
-            .args(["-q", "-F", "-L", "berth-layer"])
-            .arg(&disk)
-            .output()
-            .map_err(io("running mkfs.ext4 on", &disk))?;
-        if !out.status.success() {
-            return Err(ContainerError::Invalid(format!(
-                "mkfs.ext4 {}: {}",
-                disk.display(),
-                String::from_utf8_lossy(&out.stderr).trim()
-            )));
-        }
-        Ok(())
+        Ok(berth_container::rootfs::make_ext4(&disk, "berth-layer")?)
     }
 
     /// Mount the container's disk (if it has one) where its writable layer lives.
@@ -675,20 +663,7 @@ impl Containers {
             return Ok(());
         }
         let img = self.dir(name).join("disk.raw");
-        let out = std::process::Command::new("mount")
-            .args(["-t", "ext4", "-o", "loop"])
-            .arg(&img)
-            .arg(&layer)
-            .output()
-            .map_err(io("mounting", &img))?;
-        if !out.status.success() {
-            return Err(ContainerError::Invalid(format!(
-                "mounting {}: {}",
-                img.display(),
-                String::from_utf8_lossy(&out.stderr).trim()
-            )));
-        }
-        Ok(())
+        Ok(berth_container::rootfs::mount_ext4_loop(&img, &layer, "")?)
     }
 
     /// The overlay of a container: its writable layer on its own disk, or in its folder.
@@ -724,12 +699,13 @@ impl Containers {
                 let mut caps = spec.caps.clone();
                 if spec.device == "disk" {
                     let layer = self.layer_dir(name);
-                    let (maj, min) = mount_device(&layer).ok_or_else(|| {
-                        ContainerError::Invalid(format!(
-                            "{name}'s disk is not mounted at {}",
-                            layer.display()
-                        ))
-                    })?;
+                    let (maj, min) =
+                        berth_container::rootfs::mount_device(&layer).ok_or_else(|| {
+                            ContainerError::Invalid(format!(
+                                "{name}'s disk is not mounted at {}",
+                                layer.display()
+                            ))
+                        })?;
                     caps.major = maj;
                     caps.minor = min;
                 } else if spec.device.starts_with('/') {
@@ -1230,20 +1206,6 @@ fn write_network_files(upper: &Path, network: &str) -> Result<(), ContainerError
         std::fs::write(&r, text).map_err(io("writing", &r))?;
     }
     Ok(())
-}
-
-/// The device (major, minor) mounted at `path`, from mountinfo.
-fn mount_device(path: &Path) -> Option<(u32, u32)> {
-    let text = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    let want = path.to_string_lossy().replace(' ', "\\040");
-    text.lines().find_map(|l| {
-        let f: Vec<&str> = l.split(' ').collect();
-        if f.get(4) != Some(&want.as_str()) {
-            return None;
-        }
-        let (a, b) = f.get(2)?.split_once(':')?;
-        Some((a.parse().ok()?, b.parse().ok()?))
-    })
 }
 
 /// Pass SIGINT, SIGTERM and SIGHUP received by berth on to `pid` until the handle is closed.
