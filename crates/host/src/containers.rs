@@ -482,9 +482,7 @@ impl Containers {
         let runtime = self.runtime();
         // What a container killed from outside, or a stop cut short, left behind.
         if cgroup.exists() {
-            for p in cgroup.pids()? {
-                kill(p, "KILL");
-            }
+            end_all(&cgroup)?;
             cgroup.remove()?;
         }
         self.remove_systemd_group(name)?;
@@ -492,10 +490,11 @@ impl Containers {
         // On a v1 host systemd inside keeps its groups in the name=systemd hierarchy, which
         // libcontainer does not manage: berth steps into berth/NAME there while the container is
         // created, so its init (and its cgroup namespace) starts there, then steps back.
-        let sd_group = self.systemd_group(name);
-        let back = match &sd_group {
-            Some(g) => Some(enter_group(g)?),
-            None => None,
+        let sd_root = systemd_v1_root();
+        let sd_group = sd_root.as_ref().map(|r| r.join("berth").join(name));
+        let back = match (&sd_root, &sd_group) {
+            (Some(r), Some(g)) => Some(enter_group(r, g)?),
+            _ => None,
         };
         let created = runtime.create(
             name,
@@ -507,8 +506,8 @@ impl Containers {
                 stderr: Some(log2),
             },
         );
-        if let Some(back) = back {
-            enter_group(&back)?;
+        if let (Some(r), Some(back)) = (&sd_root, back) {
+            enter_group(r, &back)?;
         }
         let mut created = created?;
         if let (Some(base), Some(g)) = (rec.id_base, &sd_group) {
@@ -621,11 +620,7 @@ impl Containers {
 
     /// The container's group in the v1 name=systemd hierarchy, on hosts that have one.
     fn systemd_group(&self, name: &str) -> Option<PathBuf> {
-        let text = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-        if Hierarchy::from_mountinfo(&text).ok()?.version() != berth_cgroups::Version::V1 {
-            return None;
-        }
-        Some(Hierarchy::systemd_v1_mount(&text)?.join("berth").join(name))
+        Some(systemd_v1_root()?.join("berth").join(name))
     }
 
     /// Remove the container's name=systemd groups (after its processes are gone).
@@ -790,16 +785,8 @@ impl Containers {
                     std::thread::sleep(std::time::Duration::from_millis(100));
                 }
             }
-            for p in cgroup.pids()? {
-                kill(p, "KILL");
-            }
         }
-        for _ in 0..400 {
-            if cgroup.pids()?.is_empty() {
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(25));
-        }
+        end_all(&cgroup)?;
         cgroup.remove()?;
         self.remove_systemd_group(name)?;
         self.runtime().delete(name)?;
@@ -1095,31 +1082,13 @@ impl Containers {
     /// Delete a stopped container (a running one only with `force`, which kills it).
     pub fn delete(&self, name: &str, force: bool) -> Result<(), ContainerError> {
         let (_, rec) = self.get(name)?;
-        if self.is_running(&rec) {
-            if !force {
-                return Err(ContainerError::Invalid(format!(
-                    "{name} is running; stop it first or pass --force"
-                )));
-            }
-            if let Some(pid) = rec
-                .pid
-                .and_then(|p| rustix::process::Pid::from_raw(p as i32))
-            {
-                let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
-            }
+        if !force && self.is_running(&rec) {
+            return Err(ContainerError::Invalid(format!(
+                "{name} is running; stop it first or pass --force"
+            )));
         }
-        let hierarchy = Hierarchy::detect()?;
-        let cgroup = Cgroup::new(hierarchy, &rec.cgroup);
-        // Wait for the cgroup to empty after a kill.
-        for _ in 0..500 {
-            if cgroup.pids()?.is_empty() {
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
-        for p in cgroup.pids()? {
-            kill(p, "KILL");
-        }
+        let cgroup = Cgroup::new(Hierarchy::detect()?, &rec.cgroup);
+        end_all(&cgroup)?;
         self.disconnect(name, &rec, true)?;
         self.remove_all(name, &cgroup)?;
         self.store.release_machine_id("container", name)?;
@@ -1127,14 +1096,19 @@ impl Containers {
     }
 }
 
-/// Move this process into the v1 group `dir` (created if need be); returns the group it was in,
+/// Where the v1 name=systemd hierarchy is mounted, on hosts whose controllers are on v1.
+fn systemd_v1_root() -> Option<PathBuf> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    if Hierarchy::from_mountinfo(&text).ok()?.version() != berth_cgroups::Version::V1 {
+        return None;
+    }
+    Hierarchy::systemd_v1_mount(&text)
+}
+
+/// Move this process into the v1 group `dir` of the hierarchy mounted at `root` (created if need be); returns the group it was in,
 /// to come back to.
-fn enter_group(dir: &Path) -> Result<PathBuf, ContainerError> {
+fn enter_group(root: &Path, dir: &Path) -> Result<PathBuf, ContainerError> {
     std::fs::create_dir_all(dir).map_err(io("creating", dir))?;
-    // The hierarchy's root: walk up to the mount point of the hierarchy `dir` is in.
-    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let root = Hierarchy::systemd_v1_mount(&text)
-        .ok_or_else(|| ContainerError::Invalid("no name=systemd hierarchy".into()))?;
     let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
     let current = own
         .lines()
@@ -1221,7 +1195,7 @@ fn forward_signals(pid: u32, cgroup: Cgroup) -> Option<signal_hook::iterator::Ha
         for sig in signals.forever() {
             seen += 1;
             if seen > 1 {
-                kill_all(&cgroup);
+                let _ = end_all(&cgroup);
                 continue;
             }
             let name = match sig {
@@ -1233,17 +1207,26 @@ fn forward_signals(pid: u32, cgroup: Cgroup) -> Option<signal_hook::iterator::Ha
             let later = cgroup.clone();
             std::thread::spawn(move || {
                 std::thread::sleep(std::time::Duration::from_secs(10));
-                kill_all(&later);
+                let _ = end_all(&later);
             });
         }
     });
     Some(handle)
 }
 
-fn kill_all(cgroup: &Cgroup) {
-    for p in cgroup.pids().unwrap_or_default() {
-        kill(p, "KILL");
+/// SIGKILL everything in a container's groups and wait (up to 10 s) until they are empty.
+fn end_all(cgroup: &Cgroup) -> Result<(), ContainerError> {
+    for _ in 0..500 {
+        let pids = cgroup.pids()?;
+        if pids.is_empty() {
+            break;
+        }
+        for p in pids {
+            kill(p, "KILL");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
     }
+    Ok(())
 }
 
 /// Send a signal by name (`kill -s`, which knows the real-time signals' numbers on this libc).
