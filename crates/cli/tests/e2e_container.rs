@@ -521,11 +521,13 @@ fn bridge_networking_forwards_and_rate() {
          (nohup python3 -m http.server 8000 >/dev/null 2>&1 &); sleep 1",
     );
     // Container to container through the bridge, and out through NAT (Debian's mirror).
-    let fetch = |url: &str| {
+    // The HTTP status of a GET, as a shell command (run inside a container or on the host).
+    let fetch_within = |url: &str, secs: u32| {
         format!(
-            "python3 -c \"import urllib.request as u; print(u.urlopen('{url}', timeout=20).status)\""
+            "python3 -c \"import urllib.request as u; print(u.urlopen('{url}', timeout={secs}).status)\""
         )
     };
+    let fetch = |url: &str| fetch_within(url, 20);
     assert_eq!(exec(&b.0, &fetch(&format!("http://{addr_a}:8000/"))), "200");
     assert_eq!(
         exec(
@@ -535,18 +537,17 @@ fn bridge_networking_forwards_and_rate() {
         "200"
     );
     // The forward answers from the host (on the bridge's address, one of the host's own).
-    let mut got = String::new();
-    for _ in 0..20 {
-        let out = std::process::Command::new("python3")
-            .args([
-                "-c",
-                &format!(
-                    "import urllib.request as u; print(u.urlopen('http://10.87.0.1:{port}/', timeout=5).status)"
-                ),
-            ])
+    let forwarded = format!("http://10.87.0.1:{port}/");
+    let host_get = |url: &str| {
+        let out = std::process::Command::new("sh")
+            .args(["-c", &fetch_within(url, 5)])
             .output()
             .unwrap();
-        got = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let mut got = String::new();
+    for _ in 0..20 {
+        got = host_get(&forwarded);
         if got == "200" {
             break;
         }
@@ -630,14 +631,7 @@ print(n * 8 / (time.time() - t) / 1e6)\""
         ),
         "200"
     );
-    let status = std::process::Command::new("python3")
-        .args([
-            "-c",
-            &format!("import urllib.request as u; print(u.urlopen('http://10.87.0.1:{port}/', timeout=5).status)"),
-        ])
-        .output()
-        .unwrap();
-    assert_eq!(String::from_utf8_lossy(&status.stdout).trim(), "200");
+    assert_eq!(host_get(&forwarded), "200");
     berth_ipt(&["delete", "--force", &c.0]);
     assert!(!std::path::Path::new("/sys/class/net/berth0").exists());
     assert_eq!(ipt(), ipt_before);
