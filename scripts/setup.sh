@@ -21,6 +21,7 @@ packages=(
   util-linux      # mount -o loop: extracting an image's tree for containers; nsenter
   iproute2        # the containers' bridge, veth pairs and tc shaping
   nftables        # berth's own NAT and forward table
+  iptables        # the firewall fallback, exercised by the e2e tests
   time            # /usr/bin/time for the benchmarks' peak memory
   bc
 )
