@@ -35,6 +35,17 @@ pub enum NetError {
     /// No address left in the subnet.
     #[error("no free address left in {0}")]
     Exhausted(String),
+    /// Reading or writing a host setting failed.
+    #[error("{what} {path}: {source}")]
+    Io {
+        /// What berth was doing.
+        what: &'static str,
+        /// The file.
+        path: std::path::PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// The bridge and its subnet (a /24).
@@ -425,6 +436,7 @@ impl Host {
             )?;
             run("ip", &s(&["link", "set", &b.name, "up"]))?;
         }
+        enable_forwarding()?;
         match self.firewall {
             Firewall::Nft => {
                 if run("nft", &s(&["list", "table", "ip", "berth"])).is_err() {
@@ -461,7 +473,7 @@ impl Host {
         if self.bridge_up() {
             run("ip", &s(&["link", "del", &self.bridge.name]))?;
         }
-        Ok(())
+        restore_forwarding()
     }
 
     /// Give a container (its init is `pid`, in its own network namespace) its `eth0`.
@@ -588,6 +600,42 @@ impl Host {
 
 fn s(v: &[&str]) -> Vec<String> {
     v.iter().map(|x| x.to_string()).collect()
+}
+
+const IP_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
+/// Where berth notes that it turned IPv4 forwarding on (cleared at boot, as the setting is).
+const FORWARD_MARK: &str = "/run/berth-ip-forward";
+
+/// NAT through the bridge needs IPv4 forwarding (as for Docker and LXD). If it is off, berth
+/// turns it on and notes that it did, so that tearing the bridge down turns it off again.
+fn enable_forwarding() -> Result<(), NetError> {
+    let io = |what: &'static str, path: &str| {
+        let path = path.to_string();
+        move |e: std::io::Error| NetError::Io {
+            what,
+            path: path.into(),
+            source: e,
+        }
+    };
+    let now = std::fs::read_to_string(IP_FORWARD).map_err(io("reading", IP_FORWARD))?;
+    if now.trim() == "1" {
+        return Ok(());
+    }
+    std::fs::write(FORWARD_MARK, "berth turned net.ipv4.ip_forward on\n")
+        .map_err(io("writing", FORWARD_MARK))?;
+    std::fs::write(IP_FORWARD, "1").map_err(io("writing", IP_FORWARD))
+}
+
+/// Turn IPv4 forwarding off again if berth turned it on.
+fn restore_forwarding() -> Result<(), NetError> {
+    if std::fs::remove_file(FORWARD_MARK).is_ok() {
+        std::fs::write(IP_FORWARD, "0").map_err(|e| NetError::Io {
+            what: "writing",
+            path: IP_FORWARD.into(),
+            source: e,
+        })?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
