@@ -139,6 +139,17 @@ impl Store {
         // every `berth run`.
         conn.pragma_update(None, "synchronous", "NORMAL")
             .map_err(|e| err(Box::new(e)))?;
+        // Short commands would otherwise checkpoint, sync and delete the WAL at every close,
+        // and start and sync a new one at the next write (a millisecond each time). The WAL is
+        // checkpointed as it grows instead; kept small, because the first connection to open
+        // the database reads all of it to rebuild its index.
+        conn.set_db_config(
+            rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE,
+            true,
+        )
+        .map_err(|e| err(Box::new(e)))?;
+        conn.pragma_update(None, "wal_autocheckpoint", 32)
+            .map_err(|e| err(Box::new(e)))?;
         migrations()
             .to_latest(&mut conn)
             .map_err(|e| err(Box::new(e)))?;
