@@ -241,6 +241,11 @@ impl Cgroup {
         Cgroup { hierarchy, path }
     }
 
+    /// The hierarchy the group lives in.
+    pub fn hierarchy(&self) -> &Hierarchy {
+        &self.hierarchy
+    }
+
     /// The group's path relative to the hierarchy's root (as OCI's `cgroupsPath` takes it, with
     /// a leading `/`).
     pub fn relative(&self) -> &Path {
@@ -530,6 +535,12 @@ fn collect_pids(dir: &Path, out: &mut Vec<u32>) -> Result<(), CgroupError> {
 /// Remove a group directory and every group below it, deepest first (they must be empty of
 /// processes). A missing directory is fine.
 pub fn remove_tree(dir: &Path) -> Result<(), CgroupError> {
+    // Most groups have no children: one rmdir, no listing.
+    match std::fs::remove_dir(dir) {
+        Ok(()) => return Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(_) => {}
+    }
     for sub in subdirs(dir)? {
         remove_tree(&sub)?;
     }

@@ -49,6 +49,8 @@ fn exit_status_hostname_and_isolation() {
          mkdir -p /mnt/t && (mount -t tmpfs none /mnt/t 2>/dev/null && echo mounted); \
          python3 -c 'import ctypes; print(\"init_module\", ctypes.CDLL(None).init_module(None, 0, b\"\"))'; \
          grep -E '^(NoNewPrivs|Seccomp):' /proc/self/status | tr -s '\\t' ' '; \
+         mknod /root/zero c 1 5 && (head -c 1 /root/zero >/dev/null 2>&1 && echo node-opened); \
+         echo dev-zero $(head -c 3 /dev/zero | wc -c); \
          exit 7",
     );
     assert_eq!(code, 7, "exit status passed through; stderr: {err}");
@@ -67,6 +69,9 @@ fn exit_status_hostname_and_isolation() {
         out.contains("NoNewPrivs: 1") && out.contains("Seccomp: 2"),
         "{out}"
     );
+    // Device nodes made inside do not open (every mount is nodev); the standard ones do.
+    assert!(!out.contains("node-opened"), "{out}");
+    assert!(out.contains("dev-zero 3"), "{out}");
     // --rm leaves nothing: no instance, folder or cgroup.
     assert!(!names().contains(&name));
     assert!(!e2e_dir().join("containers").join(&name).exists());
@@ -701,6 +706,72 @@ fn ctrl_c_reaches_the_command_and_nothing_is_left() {
     assert_eq!(status.code(), Some(130), "128 + SIGINT from the command");
     assert!(!names().contains(&name));
     assert!(!cgroup_of(&name).exists());
+}
+
+#[test]
+fn exec_joins_a_running_command_container() {
+    e2e_image();
+    let name = format!("ct-exec-{}", std::process::id());
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_berth"))
+        .args([
+            "run",
+            "--rm",
+            "--name",
+            &name,
+            "--memory",
+            "64M",
+            "debian-12",
+            "--",
+        ])
+        .args(["sh", "-c", "echo up; exec sleep 30"])
+        .env("BERTH_DIR", e2e_dir())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = child.stdout.take().unwrap();
+    let mut buf = [0u8; 3];
+    std::io::Read::read_exact(&mut out, &mut buf).unwrap();
+    // Its hostname, its processes (sleep is PID 1), its limits, its restrictions; the exit
+    // status comes back.
+    let got = berth(&[
+        "exec",
+        &name,
+        "--",
+        "sh",
+        "-c",
+        "hostname; ps -o pid=,comm= -p 1; cat /sys/fs/cgroup/memory/memory.limit_in_bytes          /sys/fs/cgroup/memory.max 2>/dev/null; grep -c . /proc/self/uid_map;          grep -E '^(NoNewPrivs|Seccomp):' /proc/self/status | tr -s '\\t' ' '; exit 4",
+    ]);
+    let text = String::from_utf8_lossy(&got.stdout).into_owned();
+    assert_eq!(
+        got.status.code(),
+        Some(4),
+        "{text} {}",
+        String::from_utf8_lossy(&got.stderr)
+    );
+    let lines: Vec<&str> = text.lines().map(str::trim).collect();
+    assert_eq!(lines[0], name, "{text}");
+    assert_eq!(lines[1], "1 sleep", "{text}");
+    assert_eq!(lines[2], (64u64 << 20).to_string(), "{text}");
+    assert!(
+        text.contains("NoNewPrivs: 1") && text.contains("Seccomp: 2"),
+        "{text}"
+    );
+    // A command missing in the image is a clear error.
+    let missing = berth(&["exec", &name, "--", "no-such-command"]);
+    assert!(
+        String::from_utf8_lossy(&missing.stderr).contains("no-such-command: command not found"),
+        "{missing:?}"
+    );
+    // sleep as PID 1 ignores SIGINT: the second Ctrl-C ends it.
+    for _ in 0..2 {
+        std::process::Command::new("kill")
+            .args(["-INT", &child.id().to_string()])
+            .status()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    child.wait().unwrap();
+    assert!(!names().contains(&name));
 }
 
 #[test]

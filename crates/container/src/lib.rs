@@ -6,6 +6,7 @@
 //! networking.
 
 pub mod console;
+pub mod direct;
 pub mod rootfs;
 pub mod runtime;
 pub mod spec;

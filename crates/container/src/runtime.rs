@@ -208,10 +208,16 @@ impl Created {
 
 /// Reap a child: its exit status, or 128 + the signal that ended it (as shells report it).
 fn wait_pid(id: &str, raw: i32) -> Result<i32, RuntimeError> {
-    let pid = Pid::from_raw(raw).ok_or_else(|| RuntimeError::Wait {
+    wait_status(raw).map_err(|source| RuntimeError::Wait {
         id: id.to_string(),
-        source: std::io::Error::other("the container has no process"),
-    })?;
+        source,
+    })
+}
+
+/// Reap the child `raw`: its exit status, or 128 + the signal that ended it.
+pub(crate) fn wait_status(raw: i32) -> Result<i32, std::io::Error> {
+    let pid =
+        Pid::from_raw(raw).ok_or_else(|| std::io::Error::other("the container has no process"))?;
     loop {
         match rustix::process::waitpid(Some(pid), WaitOptions::empty()) {
             Ok(Some((_, status))) => {
@@ -223,12 +229,7 @@ fn wait_pid(id: &str, raw: i32) -> Result<i32, RuntimeError> {
                 }
             }
             Ok(None) | Err(rustix::io::Errno::INTR) => {}
-            Err(e) => {
-                return Err(RuntimeError::Wait {
-                    id: id.to_string(),
-                    source: e.into(),
-                })
-            }
+            Err(e) => return Err(e.into()),
         }
     }
 }

@@ -10,7 +10,7 @@
 use crate::dirs::Dirs;
 use crate::images::{check_name, ImageError, Store as ImageStore};
 use berth_cgroups::{Cgroup, CgroupError, Hierarchy, IoMax, Limits};
-use berth_container::{spec, Network, Overlay, Plan, Runtime};
+use berth_container::{direct, spec, Network, Overlay, Plan, Runtime};
 use berth_disk::ops::{self, ConvertOptions};
 use berth_disk::{BackingPolicy, Format};
 use berth_state::{InstanceRow, Store};
@@ -48,6 +48,9 @@ pub enum ContainerError {
     /// The runtime.
     #[error(transparent)]
     Runtime(#[from] berth_container::RuntimeError),
+    /// berth's own runtime (`berth run`).
+    #[error(transparent)]
+    Direct(#[from] berth_container::direct::DirectError),
     /// Networking.
     #[error(transparent)]
     Net(#[from] berth_net::NetError),
@@ -417,7 +420,7 @@ impl Containers {
                 if let Some(pid) = self.get(&o.name).ok().and_then(|(_, r)| r.pid) {
                     kill(pid, "KILL");
                 }
-                let _ = self.remove_all(&o.name, &cgroup);
+                let _ = self.remove_all(&o.name, &cgroup, true);
                 let _ = self.store.release_machine_id("container", &o.name);
                 return Err(e);
             }
@@ -761,6 +764,15 @@ impl Containers {
                 "{name} is not running (berth start {name})"
             )));
         }
+        if !rec.system {
+            // `berth run`'s containers run on berth's own runtime: join the command's
+            // namespaces and group, with its credentials, capabilities and filter.
+            let cgroup = Cgroup::new(Hierarchy::detect()?, &rec.cgroup);
+            let root = self.dir(name).join("rootfs");
+            let spec = spec::build(&run_plan(name, &rec, &root, &cgroup))?;
+            let prepared = direct::prepare(&spec, &cgroup_views(&cgroup))?;
+            return Ok(prepared.exec_in(rec.pid.unwrap_or(0), &args)?);
+        }
         Ok(self
             .runtime()
             .exec(name, args, vec![("container".into(), "berth".into())])?)
@@ -972,7 +984,7 @@ impl Containers {
         if o.rm || result.is_err() {
             let cleaned = self
                 .disconnect(&name, &rec, true)
-                .and_then(|_| self.remove_all(&name, &cgroup));
+                .and_then(|_| self.remove_all(&name, &cgroup, false));
             clock.mark("removed");
             result.and_then(|code| cleaned.map(|_| code))
         } else {
@@ -1010,65 +1022,51 @@ impl Containers {
             std::fs::create_dir_all(&overlay.upper).map_err(io("creating", &overlay.upper))?;
             berth_container::rootfs::shift_tree(&overlay.upper, base, spec::ID_RANGE)?;
         }
-        overlay.mount()?;
+        if o.rm {
+            overlay.mount_throwaway()?;
+        } else {
+            overlay.mount()?;
+        }
         clock.mark("overlay");
-        let plan = Plan {
-            rootfs: overlay.merged.clone(),
-            args: o.args.clone(),
-            env: vec!["container=berth".into()],
-            hostname: name.to_string(),
-            cgroups_path: Path::new("/").join(cgroup.relative()),
-            network: if o.network == "host" {
-                Network::Host
-            } else {
-                Network::None
-            },
-            terminal: false,
-            system: false,
-            console: None,
-            id_base: rec.id_base,
-        };
-        let spec = spec::build(&plan)?;
-        let runtime = self.runtime();
-        clock.mark("spec");
-        let mut created = runtime.create(name, &dir, &spec, Default::default())?;
-        clock.mark("libcontainer create");
-        // The init process waits in its cgroup: the limits hold before the command starts.
+        let spec = spec::build(&run_plan(name, rec, &overlay.merged, cgroup))?;
+        // The group and its limits exist before the process: it joins the group before its
+        // command starts, and sees its own group under /sys/fs/cgroup.
         cgroup.create()?;
         cgroup.apply(&o.limits, &rec.io, None)?;
-        clock.mark("limits");
-        rec.pid = created.pid();
+        let prepared = direct::prepare(&spec, &cgroup_views(cgroup))?;
+        clock.mark("spec, cgroup, limits");
+        let mut child = prepared.spawn()?;
+        clock.mark("clone");
+        rec.pid = Some(child.pid());
         self.store.set_instance_spec(
             name,
             &serde_json::to_string(&rec).expect("record serialises"),
         )?;
         self.connect(name, rec)?;
         clock.mark("record pid, network");
-        created.start()?;
-        clock.mark("libcontainer start");
+        child.start()?;
+        clock.mark("command started");
         // Ctrl-C, a terminal hang-up or a TERM to berth go to the command, as a shell passes
         // them on: berth waits for it and cleans up rather than leaving it behind.
-        let forward = forward_signals(rec.pid.unwrap_or(0), cgroup.clone());
-        let code = created.wait();
+        let forward = forward_signals(child.pid(), cgroup.clone());
+        let code = child.wait();
         if let Some(handle) = forward {
             handle.close();
         }
-        let code = code?;
+        let code = code.map_err(io("waiting for the command of", &dir))?;
         clock.mark("command ran");
-        runtime.delete(name)?;
-        clock.mark("libcontainer delete");
         Ok(code)
     }
 
     /// Remove everything of a container: libcontainer's state, its cgroup, the overlay mount,
     /// its folder and its row.
-    fn remove_all(&self, name: &str, cgroup: &Cgroup) -> Result<(), ContainerError> {
+    fn remove_all(&self, name: &str, cgroup: &Cgroup, system: bool) -> Result<(), ContainerError> {
         // Our cgroup first, child groups included (systemd makes them, and libcontainer's own
         // removal gives up on a group that has children).
-        if cgroup.exists() {
-            cgroup.remove()?;
+        cgroup.remove()?;
+        if system {
+            self.remove_systemd_group(name)?;
         }
-        self.remove_systemd_group(name)?;
         self.runtime().delete(name)?;
         let dir = self.dir(name);
         self.unmount(name)?;
@@ -1090,10 +1088,51 @@ impl Containers {
         let cgroup = Cgroup::new(Hierarchy::detect()?, &rec.cgroup);
         end_all(&cgroup)?;
         self.disconnect(name, &rec, true)?;
-        self.remove_all(name, &cgroup)?;
+        self.remove_all(name, &cgroup, rec.system)?;
         self.store.release_machine_id("container", name)?;
         Ok(())
     }
+}
+
+/// What a `berth run` container runs with.
+fn run_plan(name: &str, rec: &ContainerRecord, rootfs: &Path, cgroup: &Cgroup) -> Plan {
+    Plan {
+        rootfs: rootfs.to_path_buf(),
+        args: rec.args.clone(),
+        env: vec!["container=berth".into()],
+        hostname: name.to_string(),
+        cgroups_path: Path::new("/").join(cgroup.relative()),
+        network: if rec.network == "host" {
+            Network::Host
+        } else {
+            Network::None
+        },
+        terminal: false,
+        system: false,
+        console: None,
+        id_base: rec.id_base,
+    }
+}
+
+/// How a container's cgroup appears under its `/sys/fs/cgroup`: its group directory on v2, or
+/// each v1 hierarchy's, under that hierarchy's mount point name.
+fn cgroup_views(cgroup: &Cgroup) -> Vec<direct::CgroupView> {
+    let depth = cgroup.relative().components().count();
+    cgroup
+        .dirs()
+        .into_iter()
+        .map(|host| {
+            let name = match cgroup.hierarchy().version() {
+                berth_cgroups::Version::V2 => None,
+                berth_cgroups::Version::V1 => host
+                    .ancestors()
+                    .nth(depth)
+                    .and_then(|m| m.file_name())
+                    .map(|n| n.to_string_lossy().into_owned()),
+            };
+            direct::CgroupView { host, name }
+        })
+        .collect()
 }
 
 /// Where the v1 name=systemd hierarchy is mounted, on hosts whose controllers are on v1.
