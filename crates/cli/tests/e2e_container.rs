@@ -268,6 +268,12 @@ fn network_none_has_only_loopback_and_host_shares_the_hosts() {
     let mut theirs: Vec<String> = host.split_whitespace().map(String::from).collect();
     theirs.sort();
     assert_eq!(theirs, ours, "{err}");
+    // On the host's network the host's resolvers answer (the image's resolv.conf is empty).
+    let (code, out, err) = sh(
+        &["--network", "host"],
+        "getent hosts deb.debian.org >/dev/null && echo resolves",
+    );
+    assert_eq!((code, out.trim()), (0, "resolves"), "{err}");
 }
 
 fn ok(args: &[&str]) -> String {
@@ -678,26 +684,41 @@ fn disk_caps_writes_and_io_max_throttles_them() {
     assert!(free > 20.0, "{free:.1} MiB/s without --io-max");
 }
 
-#[test]
-fn ctrl_c_reaches_the_command_and_nothing_is_left() {
-    e2e_image();
-    let name = format!("ct-sig-{}", std::process::id());
+/// `berth run --rm --name NAME FLAGS debian-12 -- CMD` in the background, once CMD has printed
+/// `up`.
+fn run_until_up(name: &str, flags: &[&str], cmd: &[&str]) -> std::process::Child {
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_berth"))
-        .args(["run", "--rm", "--name", &name, "debian-12", "--"])
-        .args([
-            "python3",
-            "-c",
-            "import time; print('up', flush=True); time.sleep(60)",
-        ])
+        .args(["run", "--rm", "--name", name])
+        .args(flags)
+        .args(["debian-12", "--"])
+        .args(cmd)
         .env("BERTH_DIR", e2e_dir())
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    // Wait for the command to be up, then Ctrl-C berth.
     let mut out = child.stdout.take().unwrap();
     let mut buf = [0u8; 3];
     std::io::Read::read_exact(&mut out, &mut buf).unwrap();
     assert_eq!(&buf, b"up\n");
+    // Kept open: the command may write more.
+    child.stdout = Some(out);
+    child
+}
+
+#[test]
+fn ctrl_c_reaches_the_command_and_nothing_is_left() {
+    e2e_image();
+    let name = format!("ct-sig-{}", std::process::id());
+    // Once the command is up, Ctrl-C berth.
+    let mut child = run_until_up(
+        &name,
+        &[],
+        &[
+            "python3",
+            "-c",
+            "import time; print('up', flush=True); time.sleep(60)",
+        ],
+    );
     std::process::Command::new("kill")
         .args(["-INT", &child.id().to_string()])
         .status()
@@ -712,25 +733,11 @@ fn ctrl_c_reaches_the_command_and_nothing_is_left() {
 fn exec_joins_a_running_command_container() {
     e2e_image();
     let name = format!("ct-exec-{}", std::process::id());
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_berth"))
-        .args([
-            "run",
-            "--rm",
-            "--name",
-            &name,
-            "--memory",
-            "64M",
-            "debian-12",
-            "--",
-        ])
-        .args(["sh", "-c", "echo up; exec sleep 30"])
-        .env("BERTH_DIR", e2e_dir())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut out = child.stdout.take().unwrap();
-    let mut buf = [0u8; 3];
-    std::io::Read::read_exact(&mut out, &mut buf).unwrap();
+    let mut child = run_until_up(
+        &name,
+        &["--memory", "64M"],
+        &["sh", "-c", "echo up; exec sleep 30"],
+    );
     // Its hostname, its processes (sleep is PID 1), its limits, its restrictions; the exit
     // status comes back.
     let got = berth(&[

@@ -1192,16 +1192,8 @@ mod tests {
 
     fn plan() -> Plan {
         Plan {
-            rootfs: "/var/lib/berth/containers/web/rootfs".into(),
             args: vec!["sh".into(), "-c".into(), "true".into()],
-            env: vec!["container=berth".into()],
-            hostname: "web".into(),
-            cgroups_path: "/berth/web".into(),
-            network: Network::None,
-            terminal: false,
-            system: false,
-            console: None,
-            id_base: None,
+            ..crate::spec::test_plan()
         }
     }
 

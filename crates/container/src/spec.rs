@@ -267,23 +267,29 @@ fn libc_eperm() -> u32 {
     rustix::io::Errno::PERM.raw_os_error() as u32
 }
 
+/// A plain plan for tests in this crate.
+#[cfg(test)]
+pub(crate) fn test_plan() -> Plan {
+    Plan {
+        rootfs: "/var/lib/berth/containers/web/rootfs".into(),
+        args: vec!["/bin/true".into()],
+        env: vec!["container=berth".into()],
+        hostname: "web".into(),
+        cgroups_path: "/berth/web".into(),
+        network: Network::None,
+        terminal: false,
+        system: false,
+        console: None,
+        id_base: None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn plan() -> Plan {
-        Plan {
-            rootfs: "/var/lib/berth/containers/web/merged".into(),
-            args: vec!["/bin/true".into()],
-            env: vec!["container=berth".into()],
-            hostname: "web".into(),
-            cgroups_path: "/berth/web".into(),
-            network: Network::None,
-            terminal: false,
-            system: false,
-            console: None,
-            id_base: None,
-        }
+        test_plan()
     }
 
     #[test]

@@ -1015,7 +1015,7 @@ impl Containers {
         self.mount_disk(name, o.disk)?;
         rec.io = self.resolve_io(name, &o.limits)?;
         let overlay = self.overlay_for(name, lower, o.disk);
-        if o.network == "bridge" {
+        if o.network != "none" {
             write_network_files(&overlay.upper, &o.network)?;
         }
         if let Some(base) = rec.id_base {
@@ -1190,9 +1190,10 @@ impl Clock {
 /// Where root of an unprivileged container maps to on the host (as LXD's default map starts).
 pub const ID_BASE: u32 = 1_000_000;
 
-/// What a container's network needs in its upper layer: the host's resolvers on a bridge, and
-/// cloud-init told to leave the network alone (berth configures eth0 from outside, and there is
-/// no DHCP server on berth0).
+/// What a container's network needs in its upper layer: the host's resolvers (on a bridge the
+/// ones it can reach from there; on the host's network the host's file as is), and cloud-init
+/// told to leave the network alone (berth configures eth0 from outside and there is no DHCP
+/// server on berth0; on the host's network the interfaces are the host's own).
 fn write_network_files(upper: &Path, network: &str) -> Result<(), ContainerError> {
     let cfg = upper.join("etc/cloud/cloud.cfg.d");
     std::fs::create_dir_all(&cfg).map_err(io("creating", &cfg))?;
@@ -1217,6 +1218,13 @@ fn write_network_files(upper: &Path, network: &str) -> Result<(), ContainerError
         let r = upper.join("etc/resolv.conf");
         let _ = std::fs::remove_file(&r);
         std::fs::write(&r, text).map_err(io("writing", &r))?;
+    } else if network == "host" {
+        let host = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+        let etc = upper.join("etc");
+        std::fs::create_dir_all(&etc).map_err(io("creating", &etc))?;
+        let r = etc.join("resolv.conf");
+        let _ = std::fs::remove_file(&r);
+        std::fs::write(&r, host).map_err(io("writing", &r))?;
     }
     Ok(())
 }

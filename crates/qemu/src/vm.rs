@@ -104,10 +104,12 @@ pub struct VmSpec {
 }
 
 /// The TCG CPU model for guests whose userland needs only the x86-64 baseline (berth's own
-/// Debian images). With `qemu64` glibc takes its SSE2 code paths, which TCG runs faster than
-/// the AVX2 (`max`) or SSE4.2 (`Nehalem`) ones: a Debian guest was ready in 20.8-21.7 s against
-/// 23.0-24.9 s with `max` and 26.8-27.8 s with `Nehalem` (measured here). Imported images keep
-/// `max`: their userland may need x86-64-v2 or later.
+/// Debian images). Measured here (same image, one guest at a time): ready in 20.8-21.7 s with
+/// `qemu64`, 23.0-24.9 s with `max`, 26.8-27.8 s with `Nehalem`. The likely reason is the code
+/// paths glibc and the kernel pick for the features offered (SSE2 only with `qemu64`), which TCG
+/// runs at different costs; the guest's speculation mitigations are the same for `qemu64` and
+/// `max` here, and `mitigations=off` changed nothing measurable. Imported images keep `max`:
+/// their userland may need x86-64-v2 or later.
 pub const TCG_CPU_BASELINE: &str = "qemu64";
 
 /// The machine-id as a UUID (8-4-4-4-12), for SMBIOS.
