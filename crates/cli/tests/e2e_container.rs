@@ -280,6 +280,14 @@ fn ok(args: &[&str]) -> String {
     common::run_ok(&e2e_dir(), args)
 }
 
+/// `berth launch debian-12 NAME --container FLAGS --timeout 120`, which must succeed.
+fn launch_ct(name: &str, flags: &[&str]) -> String {
+    let mut args = vec!["launch", "debian-12", name, "--container"];
+    args.extend_from_slice(flags);
+    args.extend_from_slice(&["--timeout", "120"]);
+    ok(&args)
+}
+
 fn exec(name: &str, script: &str) -> String {
     ok(&["exec", name, "--", "sh", "-c", script])
         .trim()
@@ -315,33 +323,21 @@ fn system_container_boots_systemd_with_its_own_identity() {
         env!("CARGO_MANIFEST_DIR"),
         "/tests/data/container-cloud-config.yaml"
     );
-    ok(&[
-        "launch",
-        "debian-12",
+    launch_ct(
         &a.0,
-        "--container",
-        "--cloud-init",
-        cc,
-        "--memory",
-        "512M",
-        "--pids",
-        "400",
-        "--network",
-        "none",
-        "--timeout",
-        "120",
-    ]);
+        &[
+            "--cloud-init",
+            cc,
+            "--memory",
+            "512M",
+            "--pids",
+            "400",
+            "--network",
+            "none",
+        ],
+    );
     // (The bridge is the networking test's: this one keeps to --network none.)
-    ok(&[
-        "launch",
-        "debian-12",
-        &b.0,
-        "--container",
-        "--network",
-        "none",
-        "--timeout",
-        "120",
-    ]);
+    launch_ct(&b.0, &["--network", "none"]);
 
     // systemd is PID 1 and came up; the cloud-config's modules ran.
     assert_eq!(exec(&a.0, "cat /proc/1/comm"), "systemd");
@@ -498,26 +494,11 @@ fn bridge_networking_forwards_and_rate() {
     };
     let a = Ct(format!("ct-net-a-{}", std::process::id()));
     let b = Ct(format!("ct-net-b-{}", std::process::id()));
-    ok(&[
-        "launch",
-        "debian-12",
+    launch_ct(
         &a.0,
-        "--container",
-        "--forward",
-        &format!("{port}:8000"),
-        "--net-rate",
-        "10mbit",
-        "--timeout",
-        "120",
-    ]);
-    ok(&[
-        "launch",
-        "debian-12",
-        &b.0,
-        "--container",
-        "--timeout",
-        "120",
-    ]);
+        &["--forward", &format!("{port}:8000"), "--net-rate", "10mbit"],
+    );
+    launch_ct(&b.0, &[]);
     let addr_a = info(&a.0)["address"].as_str().unwrap().to_string();
     let addr_b = info(&b.0)["address"].as_str().unwrap().to_string();
     assert_ne!(addr_a, addr_b);
@@ -821,17 +802,7 @@ fn unprivileged_root_is_an_unprivileged_id_outside() {
 
     // A system container boots unprivileged too, its systemd groups kept under berth's.
     let sys = Ct(format!("ct-usys-{}", std::process::id()));
-    ok(&[
-        "launch",
-        "debian-12",
-        &sys.0,
-        "--container",
-        "--unprivileged",
-        "--network",
-        "none",
-        "--timeout",
-        "120",
-    ]);
+    launch_ct(&sys.0, &["--unprivileged", "--network", "none"]);
     assert_eq!(info(&sys.0)["id_base"], 1_000_000);
     let pid = info(&sys.0)["pid"].as_u64().unwrap();
     let st = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();

@@ -22,7 +22,7 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
 
-use libcontainer::oci_spec::runtime::{LinuxNamespaceType, PosixRlimitType, Spec};
+use libcontainer::oci_spec::runtime::{Capability, LinuxNamespaceType, PosixRlimitType, Spec};
 use libseccomp::{ScmpAction, ScmpFilterContext, ScmpSyscall};
 use rustix::mount::{MountFlags, MountPropagationFlags, UnmountFlags};
 use rustix::thread::{CapabilitySet, UnshareFlags};
@@ -143,8 +143,8 @@ pub struct Prepared {
     args: Vec<CString>,
     env: Vec<CString>,
     path: Vec<PathBuf>,
-    seccomp: Option<Vec<String>>,
-    seccomp_errno: u16,
+    /// Syscalls the filter refuses, each with the errno it returns (allowed by default).
+    seccomp: Option<Vec<(String, i32)>>,
 }
 
 /// Where `dest` (absolute, inside the container) is under `root`, refusing `..`.
@@ -194,10 +194,11 @@ fn mount_options(options: &[String]) -> (MountFlags, String, bool) {
 }
 
 /// Map an OCI capability name (`CAP_CHOWN`) to its bit.
-fn capability(name: &str) -> Result<CapabilitySet, DirectError> {
-    name.strip_prefix("CAP_")
-        .and_then(CapabilitySet::from_name)
-        .ok_or_else(|| DirectError::Unsupported(format!("unknown capability {name}")))
+/// The bit of an OCI capability (whose name is `CHOWN` for `CAP_CHOWN`, as rustix names them).
+fn capability(c: &Capability) -> Result<CapabilitySet, DirectError> {
+    let name = c.to_string();
+    CapabilitySet::from_name(&name)
+        .ok_or_else(|| DirectError::Unsupported(format!("unknown capability CAP_{name}")))
 }
 
 fn rlimit(t: PosixRlimitType) -> Result<rustix::process::Resource, DirectError> {
@@ -375,35 +376,19 @@ pub fn prepare(spec: &Spec, cgroups: &[CgroupView]) -> Result<Prepared, DirectEr
 
     let mut caps = CapabilitySet::empty();
     if let Some(c) = process.capabilities() {
-        let names = |s: &Option<std::collections::HashSet<_>>| -> Vec<String> {
-            s.clone()
-                .unwrap_or_default()
-                .iter()
-                .map(|c: &libcontainer::oci_spec::runtime::Capability| c.to_string())
-                .collect()
-        };
-        let bounding = names(c.bounding());
-        for set in [names(c.effective()), names(c.permitted())] {
-            let mut sorted = set.clone();
-            sorted.sort();
-            let mut b = bounding.clone();
-            b.sort();
-            if sorted != b {
-                return unsupported(
-                    "capability sets other than bounding = effective = permitted are not supported",
-                );
-            }
+        if c.effective() != c.bounding() || c.permitted() != c.bounding() {
+            return unsupported(
+                "capability sets other than bounding = effective = permitted are not supported",
+            );
         }
-        if !names(c.inheritable()).is_empty() || !names(c.ambient()).is_empty() {
+        let empty = |s: &Option<std::collections::HashSet<Capability>>| {
+            s.as_ref().is_none_or(|s| s.is_empty())
+        };
+        if !empty(c.inheritable()) || !empty(c.ambient()) {
             return unsupported("inheritable or ambient capabilities are not supported");
         }
-        for name in bounding {
-            let name = if name.starts_with("CAP_") {
-                name
-            } else {
-                format!("CAP_{name}")
-            };
-            caps |= capability(&name.to_uppercase())?;
+        for cap in c.bounding().iter().flatten() {
+            caps |= capability(cap)?;
         }
     }
     let seccomp = match linux.seccomp() {
@@ -413,21 +398,18 @@ pub fn prepare(spec: &Spec, cgroups: &[CgroupView]) -> Result<Prepared, DirectEr
             if s.default_action() != A::ScmpActAllow {
                 return unsupported("only an allow-by-default seccomp filter is supported");
             }
-            let mut names = Vec::new();
+            let mut denied = Vec::new();
             for rule in s.syscalls().clone().unwrap_or_default() {
                 if rule.action() != A::ScmpActErrno || rule.args().is_some() {
                     return unsupported("only seccomp rules that return an errno are supported");
                 }
-                names.extend(rule.names().iter().cloned());
+                // EPERM unless the rule says otherwise, as runc does.
+                let errno = rule.errno_ret().unwrap_or(1) as i32;
+                denied.extend(rule.names().iter().map(|n| (n.clone(), errno)));
             }
-            Some(names)
+            Some(denied)
         }
     };
-    let seccomp_errno = linux
-        .seccomp()
-        .as_ref()
-        .and_then(|s| s.syscalls().as_ref()?.first()?.errno_ret())
-        .unwrap_or(1) as u16;
     let user = process.user();
     Ok(Prepared {
         clone_flags,
@@ -468,7 +450,6 @@ pub fn prepare(spec: &Spec, cgroups: &[CgroupView]) -> Result<Prepared, DirectEr
         env,
         path,
         seccomp,
-        seccomp_errno,
     })
 }
 
@@ -592,6 +573,18 @@ fn fork(
     }
     drop(err_w);
     Ok((pid as u32, err_r))
+}
+
+/// What the child reported over its close-on-exec pipe, read until the exec closed it (None) or
+/// it ended with a message.
+fn report(errors: &OwnedFd) -> Result<Option<DirectError>, DirectError> {
+    let mut buf = Vec::new();
+    errors
+        .try_clone()
+        .map(std::fs::File::from)
+        .and_then(|mut f| f.read_to_end(&mut buf))
+        .map_err(host("reading the container process's report"))?;
+    Ok((!buf.is_empty()).then(|| DirectError::Child(String::from_utf8_lossy(&buf).into_owned())))
 }
 
 /// Create what `target` (under `root`) needs: missing directories, and the last component as a
@@ -787,18 +780,13 @@ impl Prepared {
         let back = rustix::thread::move_into_link_name_space(own.as_fd(), Some(Ns::ProcessID));
         let (child, errors) = forked?;
         back.map_err(|e| host("leaving the container's pid namespace")(e.into()))?;
-        let mut failure = Vec::new();
-        std::fs::File::from(errors)
-            .read_to_end(&mut failure)
-            .map_err(host("reading the container process's report"))?;
+        let failure = report(&errors)?;
         let code =
             crate::runtime::wait_status(child as i32).map_err(host("waiting for the command"))?;
-        if !failure.is_empty() {
-            return Err(DirectError::Child(
-                String::from_utf8_lossy(&failure).into_owned(),
-            ));
+        match failure {
+            Some(e) => Err(e),
+            None => Ok(code),
         }
-        Ok(code)
     }
 
     /// The cgroup the process joins: v1 `tasks` files opened here (written by the child: moving
@@ -834,20 +822,19 @@ impl Prepared {
     }
 
     fn seccomp_filter(&self) -> Result<Option<ScmpFilterContext>, DirectError> {
-        let Some(names) = &self.seccomp else {
+        let Some(denied) = &self.seccomp else {
             return Ok(None);
         };
         let e = |e: libseccomp::error::SeccompError| DirectError::Seccomp(e.to_string());
         let mut f = ScmpFilterContext::new(ScmpAction::Allow).map_err(e)?;
         // berth sets no_new_privs itself, in the order the spec asks.
         f.set_ctl_nnp(false).map_err(e)?;
-        for name in names {
+        for (name, errno) in denied {
             // A name this kernel's libseccomp does not know is nothing the process can call.
             let Ok(sc) = ScmpSyscall::from_name(name) else {
                 continue;
             };
-            f.add_rule(ScmpAction::Errno(self.seccomp_errno as i32), sc)
-                .map_err(e)?;
+            f.add_rule(ScmpAction::Errno(*errno), sc).map_err(e)?;
         }
         Ok(Some(f))
     }
@@ -1143,10 +1130,7 @@ impl Child {
 
     /// What the child reported, if it failed.
     fn failure(&self) -> Option<DirectError> {
-        let mut buf = Vec::new();
-        let mut f = std::fs::File::from(self.errors.try_clone().ok()?);
-        f.read_to_end(&mut buf).ok()?;
-        (!buf.is_empty()).then(|| DirectError::Child(String::from_utf8_lossy(&buf).into_owned()))
+        report(&self.errors).ok().flatten()
     }
 
     /// Let the child run its command, and wait until it has (or has failed to).
@@ -1242,9 +1226,9 @@ mod tests {
         assert!(p.no_new_privs);
         let denied = p.seccomp.as_ref().unwrap();
         for sc in ["mount", "init_module", "kexec_load", "keyctl"] {
-            assert!(denied.iter().any(|d| d == sc), "{sc}");
+            assert!(denied.iter().any(|(d, _)| d == sc), "{sc}");
         }
-        assert_eq!(p.seccomp_errno, 1);
+        assert!(denied.iter().all(|(_, errno)| *errno == 1), "EPERM");
         // New filesystems never honour device nodes; /sys goes read-only at once.
         let proc_ = at(&p, "/proc");
         assert_eq!(proc_[0].how, How::Mount);

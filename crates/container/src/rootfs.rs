@@ -79,7 +79,13 @@ fn build_into(
     let _ = std::fs::remove_dir_all(&tmp);
     match make(&tmp) {
         Ok(()) => match std::fs::rename(&tmp, dest) {
-            Err(e) if dest.is_dir() && matches!(e.raw_os_error(), Some(17 | 39)) => {
+            Err(e)
+                if dest.is_dir()
+                    && matches!(
+                        e.kind(),
+                        std::io::ErrorKind::AlreadyExists | std::io::ErrorKind::DirectoryNotEmpty
+                    ) =>
+            {
                 let _ = std::fs::remove_dir_all(&tmp);
                 Ok(())
             }
