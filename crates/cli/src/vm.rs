@@ -15,6 +15,7 @@ use std::time::Duration;
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum KindArg {
+    Auto,
     Full,
     Hybrid,
     Paravirt,
@@ -80,8 +81,9 @@ pub struct LaunchArgs {
     /// An extra public key for the `berth` user (berth's own key is always added).
     #[arg(long = "ssh-key")]
     pub ssh_key: Option<PathBuf>,
-    /// Guest kind: full (emulated hardware), hybrid (q35 + virtio), paravirt (microvm).
-    #[arg(long, value_enum, default_value = "hybrid")]
+    /// Guest kind: full (emulated hardware), hybrid (q35 + virtio), paravirt (microvm); auto is
+    /// paravirt for images berth built, hybrid for imported ones.
+    #[arg(long, value_enum, default_value = "auto")]
     pub kind: KindArg,
     /// Accelerator; auto uses KVM only when a probe shows it can run guests.
     #[arg(long, value_enum, default_value = "auto")]
@@ -229,9 +231,10 @@ pub fn launch(a: LaunchArgs) -> Result<Status> {
         cloud_init: a.cloud_init,
         ssh_key: a.ssh_key,
         kind: match a.kind {
-            KindArg::Full => Kind::Full,
-            KindArg::Hybrid => Kind::Hybrid,
-            KindArg::Paravirt => Kind::Paravirt,
+            KindArg::Auto => None,
+            KindArg::Full => Some(Kind::Full),
+            KindArg::Hybrid => Some(Kind::Hybrid),
+            KindArg::Paravirt => Some(Kind::Paravirt),
         },
         accel: match a.accel {
             AccelArg::Auto => AccelRequest::Auto,

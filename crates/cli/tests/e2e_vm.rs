@@ -45,14 +45,16 @@ impl Drop for Guest {
     }
 }
 
+fn info(name: &str) -> serde_json::Value {
+    serde_json::from_str(&ok(&["info", "--json", name])).unwrap()
+}
+
 fn registered_id(name: &str) -> String {
-    let v: serde_json::Value = serde_json::from_str(&ok(&["info", "--json", name])).unwrap();
-    v["machine_id"].as_str().unwrap().to_string()
+    info(name)["machine_id"].as_str().unwrap().to_string()
 }
 
 fn state(name: &str) -> serde_json::Value {
-    let v: serde_json::Value = serde_json::from_str(&ok(&["info", "--json", name])).unwrap();
-    v["state"].clone()
+    info(name)["state"].clone()
 }
 
 #[test]
@@ -93,9 +95,12 @@ fn launch_provision_lifecycle_and_kinds() {
         "unsafe",
         "--disk",
         "3G",
+        "--kind",
+        "hybrid",
         "--timeout",
         "600",
     ]);
+    assert_eq!(info(&a.0)["kind"], "hybrid");
     // Every part of the cloud-config took effect.
     assert_eq!(exec(&a.0, "hostname"), "e2e-guest");
     assert_eq!(exec(&a.0, "cat /etc/timezone"), "Africa/Dar_es_Salaam");
@@ -126,19 +131,19 @@ fn launch_provision_lifecycle_and_kinds() {
         Some(7)
     );
 
-    // A second guest from the same image, paravirt this time: its own machine-id.
+    // A second guest from the same image, of the default kind for berth's own images
+    // (paravirt): its own machine-id.
     let b = Guest::new("e2e-b");
     ok(&[
         "launch",
         "debian-12",
         &b.0,
-        "--kind",
-        "paravirt",
         "--disk-cache",
         "unsafe",
         "--timeout",
         "600",
     ]);
+    assert_eq!(info(&b.0)["kind"], "paravirt");
     let id_b = registered_id(&b.0);
     assert_ne!(id_a, id_b);
     assert_eq!(exec(&b.0, "cat /etc/machine-id"), id_b);

@@ -108,9 +108,11 @@ pub struct VmSpec {
 /// `qemu64`, 23.0-24.9 s with `max`, 26.8-27.8 s with `Nehalem`. The likely reason is the code
 /// paths glibc and the kernel pick for the features offered (SSE2 only with `qemu64`), which TCG
 /// runs at different costs; the guest's speculation mitigations are the same for `qemu64` and
-/// `max` here, and `mitigations=off` changed nothing measurable. Imported images keep `max`:
-/// their userland may need x86-64-v2 or later.
-pub const TCG_CPU_BASELINE: &str = "qemu64";
+/// `max` here, and `mitigations=off` changed nothing measurable. `-svm` because qemu64 offers
+/// AMD-V, for which udev loads the 1 MiB kvm and kvm_amd modules at every boot: nested guests
+/// under TCG are not something anyone can use. Imported images keep `max`: their userland may
+/// need x86-64-v2 or later.
+pub const TCG_CPU_BASELINE: &str = "qemu64,-svm";
 
 /// The machine-id as a UUID (8-4-4-4-12), for SMBIOS.
 pub fn machine_id_uuid(id: &str) -> Option<String> {
@@ -296,15 +298,23 @@ pub fn tsc_khz_from_cpuinfo(text: &str) -> Option<u64> {
     (mhz > 0.0).then(|| (mhz * 1000.0).round() as u64)
 }
 
-/// Extra kernel parameters a guest kind needs on an accelerator. microvm has no HPET and no
-/// ACPI PM timer, so under TCG on a busy host the kernel's quick TSC calibration against the
-/// PIT can fail ("tsc: Unable to calibrate against PIT"), after which the boot hangs with the
-/// clock stuck at 0 (seen in CI with three guests on two cores); telling it the TSC rate
-/// skips that calibration.
+/// Extra kernel parameters a guest kind needs on an accelerator.
+///
+/// Under TCG every vCPU reads QEMU's one clock as its TSC, but the kernel's boot-time warp test
+/// between vCPUs running as host threads fails ("Marking TSC unstable due to TSCs
+/// unsynchronized"): a q35 guest then falls back to the HPET (each clock read an emulated MMIO
+/// access) and a microvm guest, which has no HPET, to `refined-jiffies`, a 4 ms clock with no
+/// high-resolution timers. `tsc=reliable` keeps the TSC.
+///
+/// microvm has no HPET and no ACPI PM timer either, so under TCG on a busy host the kernel's
+/// quick TSC calibration against the PIT can fail ("tsc: Unable to calibrate against PIT"),
+/// after which the boot hangs with the clock stuck at 0 (seen in CI with three guests on two
+/// cores); telling it the TSC rate skips that calibration.
 pub fn kind_cmdline(kind: Kind, accel: Accel, tsc_khz: Option<u64>) -> String {
     match (kind, accel, tsc_khz) {
-        (Kind::Paravirt, Accel::Tcg, Some(khz)) => format!(" tsc_early_khz={khz}"),
-        _ => String::new(),
+        (_, Accel::Kvm, _) => String::new(),
+        (Kind::Paravirt, Accel::Tcg, Some(khz)) => format!(" tsc=reliable tsc_early_khz={khz}"),
+        (_, Accel::Tcg, _) => " tsc=reliable".to_string(),
     }
 }
 
@@ -365,7 +375,7 @@ mod tests {
         // A baseline model where the guest allows it; KVM always passes the host's CPU.
         let mut b = spec(Kind::Hybrid, Accel::Tcg);
         b.tcg_cpu = Some(TCG_CPU_BASELINE.into());
-        assert!(has_pair(&b.argv(), "-cpu", "qemu64"));
+        assert!(has_pair(&b.argv(), "-cpu", TCG_CPU_BASELINE));
         b.accel = Accel::Kvm;
         assert!(has_pair(&b.argv(), "-cpu", "host"));
     }
@@ -425,7 +435,7 @@ mod tests {
     }
 
     #[test]
-    fn microvm_under_tcg_is_told_the_tsc_rate() {
+    fn tcg_guests_keep_the_tsc_and_microvm_is_told_its_rate() {
         assert_eq!(
             tsc_khz_from_cpuinfo("processor: 0\ncpu MHz\t\t: 2596.150\n"),
             Some(2_596_150)
@@ -433,9 +443,12 @@ mod tests {
         assert_eq!(tsc_khz_from_cpuinfo("nothing"), None);
         assert_eq!(
             kind_cmdline(Kind::Paravirt, Accel::Tcg, Some(2_596_150)),
-            " tsc_early_khz=2596150"
+            " tsc=reliable tsc_early_khz=2596150"
         );
-        assert_eq!(kind_cmdline(Kind::Hybrid, Accel::Tcg, Some(2_596_150)), "");
+        assert_eq!(
+            kind_cmdline(Kind::Hybrid, Accel::Tcg, Some(2_596_150)),
+            " tsc=reliable"
+        );
         assert_eq!(
             kind_cmdline(Kind::Paravirt, Accel::Kvm, Some(2_596_150)),
             ""
