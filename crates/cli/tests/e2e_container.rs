@@ -268,7 +268,8 @@ fn network_none_has_only_loopback_and_host_shares_the_hosts() {
     let mut theirs: Vec<String> = host.split_whitespace().map(String::from).collect();
     theirs.sort();
     assert_eq!(theirs, ours, "{err}");
-    // On the host's network the host's resolvers answer (the image's resolv.conf is empty).
+    // On the host's network the host's resolvers answer (the image's resolv.conf points at
+    // systemd-resolved's stub, which no one runs in an application container).
     let (code, out, err) = sh(
         &["--network", "host"],
         "getent hosts deb.debian.org >/dev/null && echo resolves",
