@@ -320,8 +320,20 @@ pub fn kind_cmdline(kind: Kind, accel: Accel, tsc_khz: Option<u64>) -> String {
 
 /// The kernel command line berth gives a guest whose root file system is `root`
 /// (`LABEL=rootfs`, `UUID=...`).
+///
+/// The guest's one network is QEMU's user-mode NAT, where nothing else lives on its link (the
+/// virtual gateway answers for 10.0.2.2 and fe80::2 only), so duplicate address detection for
+/// its IPv6 addresses can find nothing. The kernel still waits a random 0-1 s
+/// (`router_solicitation_delay`) and then 1 s per probe (`dad_transmits`) before an address is
+/// usable, and systemd-networkd-wait-online waits for the link-local one: with everything
+/// ordered after the network (cloud-init's network stage, sshd) behind it, that was 1-2 s of
+/// every boot. Both are 0 here; the kernel applies `sysctl.*` parameters before it starts init.
 pub fn guest_cmdline(root: &str, machine_id: &str) -> String {
-    format!("root={root} ro console=ttyS0,115200 net.ifnames=0 systemd.machine_id={machine_id} ds=nocloud")
+    format!(
+        "root={root} ro console=ttyS0,115200 net.ifnames=0 systemd.machine_id={machine_id} \
+         ds=nocloud sysctl.net.ipv6.conf.default.dad_transmits=0 \
+         sysctl.net.ipv6.conf.default.router_solicitation_delay=0"
+    )
 }
 
 #[cfg(test)]
@@ -432,6 +444,16 @@ mod tests {
             .iter()
             .any(|x| x.contains("readonly=on") && x.contains("seed.iso")));
         assert_eq!(machine_id_uuid("xyz"), None);
+    }
+
+    #[test]
+    fn guests_on_user_mode_nat_skip_ipv6_duplicate_address_detection() {
+        let c = guest_cmdline("LABEL=rootfs", "0123456789abcdef0123456789abcdef");
+        assert!(c.starts_with("root=LABEL=rootfs ro console=ttyS0,115200 "));
+        assert!(c.contains(" systemd.machine_id=0123456789abcdef0123456789abcdef "));
+        assert!(c.contains(" sysctl.net.ipv6.conf.default.dad_transmits=0"));
+        assert!(c.contains(" sysctl.net.ipv6.conf.default.router_solicitation_delay=0"));
+        assert!(!c.contains("  "), "one space between parameters: {c:?}");
     }
 
     #[test]
