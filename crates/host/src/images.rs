@@ -197,8 +197,87 @@ pub fn config_files() -> Vec<(&'static str, &'static str, u32)> {
             0o644,
         ),
         ("etc/initramfs-tools/modules", INITRD_MODULES, 0o644),
+        (
+            "etc/initramfs-tools/hooks/berth-fast-init",
+            FAST_INIT_HOOK,
+            0o755,
+        ),
     ]
 }
+
+/// An initramfs-tools hook that gives the cloud kernel's initrd (the kernel of the paravirt and
+/// hybrid kinds, whose disks are virtio) a short `/init`: load the virtio disk drivers, find
+/// the root file system the command line names, mount it and start its init. initramfs-tools'
+/// own init (udev, its script phases, waiting for the root device) took 1.5-1.6 s of every boot
+/// under TCG; this one takes 0.2-0.3 s. It stays in the initrd as `/init.full`, and anything
+/// the short path does not expect (another root device, `break=`, `resume=`, a root that does
+/// not show up within 5 s, `berth.fullinit` on the command line) hands over to it. The generic
+/// kernel's initrd (the full kind: IDE and SATA) keeps initramfs-tools' init. Runs under
+/// klibc's sh with the initrd's own tools (klibc mount and run-init, kmod, util-linux blkid).
+const FAST_INIT_HOOK: &str = r#"#!/bin/sh
+# Written by berth: a short /init for the cloud kernel's initrd (see the script below).
+case "$1" in prereqs) exit 0 ;; esac
+. /usr/share/initramfs-tools/hook-functions
+case "$version" in
+*-cloud-*) ;;
+*) exit 0 ;;
+esac
+copy_exec /sbin/blkid /sbin
+mv "$DESTDIR/init" "$DESTDIR/init.full"
+cat >"$DESTDIR/init" <<'BERTH_INIT'
+#!/bin/sh
+# berth's fast path for a guest on virtio: load the virtio disk drivers, mount the root file
+# system named on the kernel command line, and start its init. Anything unexpected hands over to
+# initramfs-tools' own init (/init.full), which does everything.
+export PATH=/sbin:/usr/sbin:/bin:/usr/bin
+mkdir -p /dev /proc /sys /root
+mount -t devtmpfs -o nosuid,mode=0755 udev /dev
+mount -t proc -o nodev,noexec,nosuid proc /proc
+mount -t sysfs -o nodev,noexec,nosuid sysfs /sys
+full() {
+	echo "berth fast init: $1; using the full initramfs"
+	shift
+	umount /root 2>/dev/null
+	umount /sys
+	umount /proc
+	umount /dev
+	exec /init.full "$@"
+}
+root= rootfstype=ext4 rootflags= mode=ro init=/sbin/init
+for x in $(cat /proc/cmdline); do
+	case $x in
+	root=*) root=${x#root=} ;;
+	rootfstype=*) rootfstype=${x#rootfstype=} ;;
+	rootflags=*) rootflags=,${x#rootflags=} ;;
+	init=*) init=${x#init=} ;;
+	ro) mode=ro ;;
+	rw) mode=rw ;;
+	berth.fullinit|break|break=*|resume=*|rootdelay=*|boot=*|ip=*|nfsroot=*) full "$x on the kernel command line" "$@" ;;
+	esac
+done
+modprobe -qab virtio_mmio virtio_pci virtio_blk || full "modprobe failed" "$@"
+dev=
+n=0
+while [ $n -lt 50 ]; do
+	case $root in
+	LABEL=*|UUID=*|PARTUUID=*|PARTLABEL=*) dev=$(blkid -l -o device -t "$root") ;;
+	/dev/*) [ -b "$root" ] && dev=$root ;;
+	*) full "root=$root is not a device berth's fast path knows" "$@" ;;
+	esac
+	[ -n "$dev" ] && break
+	sleep 0.1
+	n=$((n + 1))
+done
+[ -n "$dev" ] || full "no $root after 5 s" "$@"
+mount -t "$rootfstype" -o "$mode$rootflags" "$dev" /root || full "mounting $dev failed" "$@"
+[ -x "/root$init" ] || [ -h "/root$init" ] || full "no $init on $dev" "$@"
+mount -n -o move /dev /root/dev
+mount -n -o move /proc /root/proc
+mount -n -o move /sys /root/sys
+exec run-init /root "$init" "$@" </root/dev/console >/root/dev/console 2>&1
+BERTH_INIT
+chmod 0755 "$DESTDIR/init"
+"#;
 
 /// Replaces the tree's cloud-init with the one of suite `$2` from mirror `$1`: only that
 /// package (its dependencies are the release's own), and no trace of the other suite in apt's
@@ -947,6 +1026,30 @@ mod tests {
         assert!(!store.path("nothing").exists());
         store.remove("mine").unwrap();
         assert!(store.list().unwrap().is_empty());
+    }
+
+    #[test]
+    fn the_fast_init_hook_and_its_init_are_valid_shell() {
+        let init = FAST_INIT_HOOK
+            .split("<<'BERTH_INIT'\n")
+            .nth(1)
+            .and_then(|rest| rest.split("\nBERTH_INIT\n").next())
+            .expect("the hook embeds the init");
+        assert!(init.starts_with("#!/bin/sh\n"));
+        for script in [FAST_INIT_HOOK, init] {
+            let out = std::process::Command::new("sh")
+                .args(["-n", "-c", script])
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        assert!(config_files().iter().any(|(p, c, m)| {
+            *p == "etc/initramfs-tools/hooks/berth-fast-init" && *c == FAST_INIT_HOOK && *m == 0o755
+        }));
     }
 
     #[test]
