@@ -609,7 +609,9 @@ impl Vms {
             };
             self.store.insert_instance(&row)?;
             progress("starting QEMU");
-            self.spawn(&qemu, &rec, true)?;
+            // An imported disk may not be clean; only berth's own image is known to be.
+            let fresh_root = !image.recipe.starts_with(crate::images::IMPORTED_RECIPE);
+            self.spawn(&qemu, &rec, fresh_root)?;
             Ok(rec)
         })();
         let rec = match created {
@@ -684,14 +686,14 @@ impl Vms {
         run
     }
 
-    /// Start QEMU for `rec`. On a guest's first boot its root file system is the image berth
-    /// built (checked by its sha256) under an overlay nothing has written to yet, so it is
-    /// mounted read-write from the start, which skips the file system check (systemd-fsck-root
-    /// runs only for a read-only root; 0.4-0.7 s under TCG, most of it starting the process);
-    /// every later boot mounts it read-only and checks it first, as usual.
-    fn spawn(&self, qemu: &Path, rec: &VmRecord, first_boot: bool) -> Result<(), VmError> {
+    /// Start QEMU for `rec`. `fresh_root` is for a guest's first boot from an image berth built:
+    /// its root file system is that image (checked by its sha256) under an overlay nothing has
+    /// written to yet, so it is mounted read-write from the start, which skips the file system
+    /// check (systemd-fsck-root runs only for a read-only root; 0.4-0.7 s under TCG, most of it
+    /// starting the process). Every other boot mounts it read-only and checks it first.
+    fn spawn(&self, qemu: &Path, rec: &VmRecord, fresh_root: bool) -> Result<(), VmError> {
         let mut spec = rec.spec.clone();
-        if first_boot {
+        if fresh_root {
             spec.cmdline.push_str(FIRST_BOOT_CMDLINE);
         }
         for p in [
@@ -963,6 +965,46 @@ impl Vms {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_ssh_server_is_told_by_its_identification_line() {
+        use std::io::Write;
+        let wait = Duration::from_millis(500);
+        // sshd: answers with its version line.
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let t = std::thread::spawn(move || {
+            let (mut c, _) = l.accept().unwrap();
+            c.write_all(b"SSH-2.0-OpenSSH_9.2p1\r\n").unwrap();
+        });
+        assert!(ssh_banner(port, wait));
+        t.join().unwrap();
+        // slirp with nothing listening in the guest: accepts, then closes.
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let t = std::thread::spawn(move || drop(l.accept().unwrap()));
+        assert!(!ssh_banner(port, wait));
+        t.join().unwrap();
+        // slirp with a guest that has no address yet: accepts and stays silent.
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let t = std::thread::spawn(move || {
+            let (c, _) = l.accept().unwrap();
+            std::thread::sleep(Duration::from_millis(800));
+            drop(c);
+        });
+        assert!(!ssh_banner(port, Duration::from_millis(200)));
+        t.join().unwrap();
+        // Another service on the port.
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let t = std::thread::spawn(move || {
+            let (mut c, _) = l.accept().unwrap();
+            c.write_all(b"HTTP/1.1 400 Bad Request\r\n").unwrap();
+        });
+        assert!(!ssh_banner(port, wait));
+        t.join().unwrap();
+    }
 
     #[test]
     fn berths_own_images_boot_paravirt_and_imported_ones_hybrid() {
