@@ -365,6 +365,15 @@ impl Containers {
             let seed = upper.join("var/lib/cloud/seed/nocloud");
             for (path, text) in [
                 (upper.join("etc/machine-id"), format!("{machine_id}\n")),
+                // The image's fstab names the VM disk's root (LABEL=rootfs), which a container
+                // has not got: systemd-remount-fs failed on it and left every system container
+                // `degraded`. berth mounts a container's root and kernel file systems itself, as
+                // LXC's templates have it.
+                (
+                    upper.join("etc/fstab"),
+                    "# Written by berth: a container's file systems are mounted by berth.\n"
+                        .to_string(),
+                ),
                 (upper.join("etc/hostname"), format!("{hostname}\n")),
                 // berth sets the hostname from outside (the UTS namespace and /etc/hostname): a
                 // container may not change it itself, and cloud-init warns when it tries. In
@@ -459,22 +468,13 @@ impl Containers {
         overlay.mount()?;
         rec.io = self.resolve_io(name, &rec.limits)?;
         let cgroup = Cgroup::new(Hierarchy::detect()?, &rec.cgroup);
-        let plan = Plan {
-            rootfs: overlay.merged.clone(),
-            args: rec.args.clone(),
-            env: vec!["container=berth".into()],
-            hostname: rec.hostname.clone().unwrap_or_else(|| name.to_string()),
-            cgroups_path: Path::new("/").join(cgroup.relative()),
-            network: if rec.network == "host" {
-                Network::Host
-            } else {
-                Network::None // bridge: berth adds eth0 to this namespace below
-            },
-            terminal: false,
-            system: true,
-            console: Some(pty.slave.clone()),
-            id_base: rec.id_base,
-        };
+        let plan = system_plan(
+            name,
+            &rec,
+            &overlay.merged,
+            &cgroup,
+            Some(pty.slave.clone()),
+        );
         let log_path = dir.join("console.log");
         let spec = spec::build(&plan)?;
         let log = std::fs::OpenOptions::new()
@@ -774,12 +774,19 @@ impl Containers {
                 "{name} is not running (berth start {name})"
             )));
         }
-        if !rec.system {
-            // `berth run`'s containers run on berth's own runtime: join the command's
-            // namespaces and group, with its credentials, capabilities and filter.
+        // `berth run`'s containers run on berth's own runtime: join the command's namespaces
+        // and group, with its credentials, capabilities and filter. So do commands in a system
+        // container with a user namespace: libcontainer 0.7's exec (its tenant builder) joins
+        // every namespace but that one, so they ran as the host's root.
+        if !rec.system || rec.id_base.is_some() {
             let cgroup = Cgroup::new(Hierarchy::detect()?, &rec.cgroup);
             let root = self.dir(name).join("rootfs");
-            let spec = spec::build(&run_plan(name, &rec, &root, &cgroup))?;
+            let plan = if rec.system {
+                system_plan(name, &rec, &root, &cgroup, None)
+            } else {
+                run_plan(name, &rec, &root, &cgroup)
+            };
+            let spec = spec::build(&plan)?;
             let prepared = direct::prepare(&spec, &cgroup_views(&cgroup))?;
             return Ok(prepared.exec_in(rec.pid.unwrap_or(0), &args)?);
         }
@@ -1101,6 +1108,32 @@ impl Containers {
         self.remove_all(name, &cgroup, rec.system)?;
         self.store.release_machine_id("container", name)?;
         Ok(())
+    }
+}
+
+/// What a system container runs with (`console`: the pty that becomes its /dev/console).
+fn system_plan(
+    name: &str,
+    rec: &ContainerRecord,
+    rootfs: &Path,
+    cgroup: &Cgroup,
+    console: Option<PathBuf>,
+) -> Plan {
+    Plan {
+        rootfs: rootfs.to_path_buf(),
+        args: rec.args.clone(),
+        env: vec!["container=berth".into()],
+        hostname: rec.hostname.clone().unwrap_or_else(|| name.to_string()),
+        cgroups_path: Path::new("/").join(cgroup.relative()),
+        network: if rec.network == "host" {
+            Network::Host
+        } else {
+            Network::None // bridge: berth adds eth0 to the container's namespace
+        },
+        terminal: false,
+        system: true,
+        console,
+        id_base: rec.id_base,
     }
 }
 
