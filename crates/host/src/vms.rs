@@ -737,22 +737,26 @@ impl Vms {
             log: rec.spec.console_log.display().to_string(),
             tail: tail(&rec.spec.console_log, 15),
         };
+        let stopped = || fail("QEMU stopped while the guest was booting".into());
+        let silent = || {
+            fail(format!(
+                "SSH did not answer within {} s (the guest is left running for inspection)",
+                limit.as_secs()
+            ))
+        };
         progress("waiting for SSH");
         // First the guest's sshd banner on the forwarded port, polled often and cheaply: an SSH
         // login attempt before sshd listens costs seconds (slirp holds the connection while the
         // guest has no address yet) and a failed one was followed by a 1 s pause.
         loop {
             if qemu_pid(rec).is_none() {
-                return Err(fail("QEMU stopped while the guest was booting".into()));
+                return Err(stopped());
             }
             if ssh_banner(rec.ssh_port, Duration::from_millis(500)) {
                 break;
             }
             if start.elapsed() > limit {
-                return Err(fail(format!(
-                    "SSH did not answer within {} s (the guest is left running for inspection)",
-                    limit.as_secs()
-                )));
+                return Err(silent());
             }
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -762,7 +766,7 @@ impl Vms {
         let mut announced = false;
         loop {
             if qemu_pid(rec).is_none() {
-                return Err(fail("QEMU stopped while the guest was booting".into()));
+                return Err(stopped());
             }
             let left = limit.saturating_sub(start.elapsed());
             let out = ssh_base(rec, &dir)
@@ -802,19 +806,15 @@ impl Vms {
                 }
             }
             if start.elapsed() > limit {
-                return Err(fail(if announced {
-                    format!(
+                return Err(if announced {
+                    fail(format!(
                         "cloud-init did not finish within {} s (the guest is left running for \
                          inspection)",
                         limit.as_secs()
-                    )
+                    ))
                 } else {
-                    format!(
-                        "SSH did not answer within {} s (the guest is left running for \
-                         inspection)",
-                        limit.as_secs()
-                    )
-                }));
+                    silent()
+                });
             }
             std::thread::sleep(Duration::from_millis(300));
         }
