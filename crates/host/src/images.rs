@@ -209,7 +209,7 @@ pub fn config_files() -> Vec<(&'static str, &'static str, u32)> {
 /// hybrid kinds, whose disks are virtio) a short `/init`: load the virtio disk drivers, find
 /// the root file system the command line names, mount it and start its init. initramfs-tools'
 /// own init (udev, its script phases, waiting for the root device) took 1.5-1.6 s of every boot
-/// under TCG; this one takes 0.2-0.3 s. It stays in the initrd as `/init.full`, and anything
+/// under TCG; this one takes 0.25-0.5 s. It stays in the initrd as `/init.full`, and anything
 /// the short path does not expect (another root device, `break=`, `resume=`, a root that does
 /// not show up within 5 s, `berth.fullinit` on the command line) hands over to it. The generic
 /// kernel's initrd (the full kind: IDE and SATA) keeps initramfs-tools' init. Runs under
