@@ -8,7 +8,7 @@ use berth_cgroups::Limits;
 use berth_host::containers::{Containers, RunOptions};
 use clap::Args;
 
-/// Resource limits, shared by the container commands.
+// Resource limits, shared by the container commands.
 #[derive(Debug, Args, Default)]
 pub struct LimitArgs {
     /// Memory plus swap (at least --memory).
@@ -88,7 +88,7 @@ impl LimitArgs {
     }
 }
 
-/// `berth run`.
+// `berth run`.
 #[derive(Debug, Args)]
 pub struct RunArgs {
     /// Base image (its tree is extracted once and shared read-only).
@@ -304,7 +304,7 @@ pub fn start(name: &str, wait: Option<std::time::Duration>) -> Result<Status> {
     Ok(Status(0))
 }
 
-/// `berth set`.
+// `berth set`.
 #[derive(Debug, Args)]
 pub struct SetArgs {
     /// Container.
@@ -328,8 +328,8 @@ pub fn set(a: SetArgs) -> Result<Status> {
     Ok(Status(0))
 }
 
-/// `berth console-relay` (internal): holds a system container's console; see
-/// `berth_container::console`.
+// `berth console-relay` (internal): holds a system container's console; see
+// `berth_container::console`.
 #[derive(Debug, Args)]
 pub struct RelayArgs {
     /// The pty slave (the container's /dev/console).

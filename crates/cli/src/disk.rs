@@ -39,7 +39,7 @@ pub enum RepairArg {
     All,
 }
 
-/// Where backing files may come from, beyond the image's folder and berth's image store.
+// Where backing files may come from, beyond the image's folder and berth's image store.
 #[derive(Debug, Args, Clone, Default)]
 pub struct PolicyArgs {
     /// Also allow backing files under DIR (repeatable). By default only the image's own folder
@@ -56,6 +56,7 @@ impl PolicyArgs {
 }
 
 #[derive(Debug, Subcommand)]
+#[command(defer = true)]
 pub enum DiskCommand {
     /// Create a disk image: thin qcow2 (grows as data arrives) or sparse/preallocated raw.
     ///
@@ -248,6 +249,7 @@ pub enum DiskCommand {
 }
 
 #[derive(Debug, Subcommand)]
+#[command(defer = true)]
 pub enum SnapshotCommand {
     /// Create an internal snapshot of the image's current content.
     Create {

@@ -9,6 +9,7 @@ use berth_qemu::probe::ProbeRun;
 use clap::Subcommand;
 
 #[derive(Debug, Subcommand)]
+#[command(defer = true)]
 pub enum HostCommand {
     /// Check CPU virtualization extensions, /dev/kvm, whether KVM can really run a guest (a short
     /// probe run), the QEMU binary and version, firmware, and the accelerator berth will use.

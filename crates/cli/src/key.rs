@@ -16,6 +16,7 @@ pub enum KeyTypeArg {
 }
 
 #[derive(Debug, Subcommand)]
+#[command(defer = true)]
 pub enum KeyCommand {
     /// Generate an SSH key pair: PATH (private, mode 0600) and PATH.pub (0644), in OpenSSH format.
     ///

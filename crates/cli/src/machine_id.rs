@@ -11,6 +11,7 @@ use clap::Subcommand;
 use std::path::PathBuf;
 
 #[derive(Debug, Subcommand)]
+#[command(defer = true)]
 pub enum MachineIdCommand {
     /// Print a new random machine-id (128 random bits, formatted as systemd does).
     ///

@@ -16,6 +16,7 @@ pub enum SeedFormatArg {
 }
 
 #[derive(Debug, Subcommand)]
+#[command(defer = true)]
 pub enum SeedCommand {
     /// Write a NoCloud seed volume labelled "cidata", as cloud-localds does.
     ///

@@ -48,7 +48,7 @@ fn size_arg(s: &str) -> Result<u64, String> {
     parse_size(s).map_err(|e| e.to_string())
 }
 
-/// `berth launch`.
+// `berth launch`.
 #[derive(Debug, Args)]
 pub struct LaunchArgs {
     /// Base image (see `berth image list`).
@@ -102,7 +102,7 @@ pub struct LaunchArgs {
     pub disk_cache: String,
 }
 
-/// `berth list`.
+// `berth list`.
 #[derive(Debug, Args)]
 pub struct ListArgs {
     /// Print JSON.
@@ -110,7 +110,7 @@ pub struct ListArgs {
     pub json: bool,
 }
 
-/// `berth info`.
+// `berth info`.
 #[derive(Debug, Args)]
 pub struct InfoArgs {
     /// Instance.
@@ -120,14 +120,14 @@ pub struct InfoArgs {
     pub json: bool,
 }
 
-/// An instance name.
+// An instance name.
 #[derive(Debug, Args)]
 pub struct NameArg {
     /// Instance.
     pub name: String,
 }
 
-/// `berth start`.
+// `berth start`.
 #[derive(Debug, Args)]
 pub struct StartArgs {
     /// Instance.
@@ -140,7 +140,7 @@ pub struct StartArgs {
     pub timeout: u64,
 }
 
-/// `berth stop` / `berth restart`.
+// `berth stop` / `berth restart`.
 #[derive(Debug, Args)]
 pub struct StopArgs {
     /// Instance.
@@ -153,7 +153,7 @@ pub struct StopArgs {
     pub timeout: u64,
 }
 
-/// `berth delete`.
+// `berth delete`.
 #[derive(Debug, Args)]
 pub struct DeleteArgs {
     /// Instance.
@@ -163,7 +163,7 @@ pub struct DeleteArgs {
     pub force: bool,
 }
 
-/// `berth logs`.
+// `berth logs`.
 #[derive(Debug, Args)]
 pub struct LogsArgs {
     /// Instance.
@@ -173,7 +173,7 @@ pub struct LogsArgs {
     pub follow: bool,
 }
 
-/// `berth ssh`.
+// `berth ssh`.
 #[derive(Debug, Args)]
 pub struct SshArgs {
     /// Instance.
@@ -183,7 +183,7 @@ pub struct SshArgs {
     pub command: Vec<String>,
 }
 
-/// `berth exec`.
+// `berth exec`.
 #[derive(Debug, Args)]
 pub struct ExecArgs {
     /// Instance.
