@@ -239,3 +239,41 @@ fn v1_create_copies_cpuset_and_orders_memory() {
     let e = g.apply(&l, &[], None).unwrap_err().to_string();
     assert!(e.contains("swapaccount"), "{e}");
 }
+
+#[test]
+fn v1_create_makes_missing_parents_and_copies_cpusets_down() {
+    let t = tempfile::tempdir().unwrap();
+    let mut map = BTreeMap::new();
+    for c in ["memory", "cpuset"] {
+        map.insert(c.to_string(), t.path().join(c));
+        std::fs::create_dir_all(t.path().join(c)).unwrap();
+    }
+    put(&t.path().join("cpuset/cpuset.cpus"), "0-3\n");
+    put(&t.path().join("cpuset/cpuset.mems"), "0\n");
+    // berth/ exists in cpuset with a narrower set; berth/pool/ does not exist anywhere.
+    put(&t.path().join("cpuset/berth/cpuset.cpus"), "1\n");
+    put(&t.path().join("cpuset/berth/cpuset.mems"), "0\n");
+    let g = Cgroup::new(Hierarchy::V1(map.clone()), "berth/pool/web");
+    g.create().unwrap();
+    for level in ["berth/pool", "berth/pool/web"] {
+        assert_eq!(
+            get(&t.path().join("cpuset").join(level).join("cpuset.cpus")),
+            "1"
+        );
+        assert!(t.path().join("memory").join(level).is_dir(), "{level}");
+    }
+    // An existing group is left as it is.
+    put(&t.path().join("cpuset/berth/pool/web/cpuset.cpus"), "0\n");
+    g.create().unwrap();
+    assert_eq!(
+        get(&t.path().join("cpuset/berth/pool/web/cpuset.cpus")),
+        "0\n"
+    );
+    // A hierarchy whose mount point is gone is an error naming it, not a walk up the tree.
+    map.insert("pids".into(), t.path().join("gone"));
+    let e = Cgroup::new(Hierarchy::V1(map), "berth/db")
+        .create()
+        .unwrap_err();
+    assert!(e.to_string().contains("gone"), "{e}");
+    assert!(!t.path().join("gone").exists());
+}

@@ -298,9 +298,10 @@ impl Containers {
                 "--net-rate and --forward need --network bridge (this container's is {network})"
             )));
         }
-        let net = berth_net::Host::detect();
+        // Looking for nft and iptables only when there are forwards to check.
+        let net = (!forwards.is_empty()).then(berth_net::Host::detect);
         for (host, _) in forwards {
-            if net.forwarded(*host) {
+            if net.as_ref().is_some_and(|n| n.forwarded(*host)) {
                 return Err(ContainerError::Invalid(format!(
                     "host port {host} is already forwarded to another container"
                 )));

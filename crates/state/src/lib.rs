@@ -127,7 +127,10 @@ impl Store {
             path: path.clone(),
             source: e,
         };
-        std::fs::create_dir_all(dir).map_err(|e| err(Box::new(e)))?;
+        // A stat first: a mkdir that fails because the folder exists costs 50 us on ext4 here.
+        if !dir.is_dir() {
+            std::fs::create_dir_all(dir).map_err(|e| err(Box::new(e)))?;
+        }
         let mut conn = Connection::open(&path).map_err(|e| err(Box::new(e)))?;
         conn.busy_timeout(std::time::Duration::from_secs(10))
             .map_err(|e| err(Box::new(e)))?;
