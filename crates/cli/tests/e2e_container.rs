@@ -48,6 +48,8 @@ fn exit_status_hostname_and_isolation() {
          (echo 1 > /proc/sysrq-trigger) 2>/dev/null && echo sysrq-writable; \
          mkdir -p /mnt/t && (mount -t tmpfs none /mnt/t 2>/dev/null && echo mounted); \
          python3 -c 'import ctypes; print(\"init_module\", ctypes.CDLL(None).init_module(None, 0, b\"\"))'; \
+         python3 -c 'import ctypes; l = ctypes.CDLL(None, use_errno=True); \
+           print(\"keyctl\", l.syscall(250, 0, -3, 0), ctypes.get_errno())'; \
          grep -E '^(NoNewPrivs|Seccomp):' /proc/self/status | tr -s '\\t' ' '; \
          mknod /root/zero c 1 5 && (head -c 1 /root/zero >/dev/null 2>&1 && echo node-opened); \
          echo dev-zero $(head -c 3 /dev/zero | wc -c); \
@@ -69,6 +71,8 @@ fn exit_status_hostname_and_isolation() {
         out.contains("NoNewPrivs: 1") && out.contains("Seccomp: 2"),
         "{out}"
     );
+    // keyctl needs no capability: only the seccomp filter refuses it (EPERM).
+    assert!(out.contains("keyctl -1 1"), "keyctl not filtered: {out}");
     // Device nodes made inside do not open (every mount is nodev); the standard ones do.
     assert!(!out.contains("node-opened"), "{out}");
     assert!(out.contains("dev-zero 3"), "{out}");

@@ -587,6 +587,78 @@ fn report(errors: &OwnedFd) -> Result<Option<DirectError>, DirectError> {
     Ok((!buf.is_empty()).then(|| DirectError::Child(String::from_utf8_lossy(&buf).into_owned())))
 }
 
+/// The seccomp filter as the child receives it after the go: the number of BPF instructions
+/// (u32, little-endian; 0 for none), then the instructions as the kernel lays them out.
+fn encode_filter(program: Option<&[libc::sock_filter]>) -> Vec<u8> {
+    let program = program.unwrap_or_default();
+    let mut out = (program.len() as u32).to_le_bytes().to_vec();
+    for i in program {
+        out.extend_from_slice(&i.code.to_ne_bytes());
+        out.extend_from_slice(&[i.jt, i.jf]);
+        out.extend_from_slice(&i.k.to_ne_bytes());
+    }
+    out
+}
+
+/// BPF instructions from their bytes (8 each, in the kernel's layout); None if a part is left.
+fn decode_program(bytes: &[u8]) -> Option<Vec<libc::sock_filter>> {
+    let chunks = bytes.chunks_exact(8);
+    if !chunks.remainder().is_empty() {
+        return None;
+    }
+    Some(
+        chunks
+            .map(|c| libc::sock_filter {
+                code: u16::from_ne_bytes([c[0], c[1]]),
+                jt: c[2],
+                jf: c[3],
+                k: u32::from_ne_bytes([c[4], c[5], c[6], c[7]]),
+            })
+            .collect(),
+    )
+}
+
+/// The child's side of [`encode_filter`]. The kernel takes at most 4096 instructions.
+fn read_filter(from: &mut impl Read) -> std::io::Result<Option<Vec<libc::sock_filter>>> {
+    let mut n = [0u8; 4];
+    from.read_exact(&mut n)?;
+    let n = u32::from_le_bytes(n) as usize;
+    if n == 0 {
+        return Ok(None);
+    }
+    if n > 4096 {
+        return Err(std::io::Error::other(format!(
+            "{n} instructions is over the kernel's limit"
+        )));
+    }
+    let mut bytes = vec![0u8; n * 8];
+    from.read_exact(&mut bytes)?;
+    Ok(decode_program(&bytes))
+}
+
+/// Install the BPF `program` as this thread's seccomp filter (no_new_privs or CAP_SYS_ADMIN
+/// needed, as for `seccomp_load`).
+#[allow(unsafe_code)]
+fn install_filter(program: &[libc::sock_filter]) -> std::io::Result<()> {
+    let prog = libc::sock_fprog {
+        len: u16::try_from(program.len()).map_err(|_| std::io::Error::other("filter too long"))?,
+        filter: program.as_ptr() as *mut libc::sock_filter,
+    };
+    // SAFETY: `prog` points at `program`, `len` instructions that live across the call; the
+    // kernel copies the program and does not keep the pointer.
+    let r = unsafe {
+        libc::prctl(
+            libc::PR_SET_SECCOMP,
+            libc::SECCOMP_MODE_FILTER as libc::c_ulong,
+            &prog as *const libc::sock_fprog,
+        )
+    };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Create what `target` (under `root`) needs: missing directories, and the last component as a
 /// file for [`Make::File`]. A component that is a symbolic link is refused: what an image holds
 /// must not lead a mount out of the container's root.
@@ -692,6 +764,8 @@ pub struct Child {
     errors: OwnedFd,
     /// The uid and gid maps to write, with a user namespace.
     maps: Option<(String, String)>,
+    /// The seccomp filter, as sent with the go ([`encode_filter`]).
+    filter: Vec<u8>,
 }
 
 impl Prepared {
@@ -699,14 +773,20 @@ impl Prepared {
     /// written before this returns; then it builds its root and waits for [`Child::start`].
     #[allow(unsafe_code)]
     pub fn spawn(&self) -> Result<Child, DirectError> {
-        let filter = self.seccomp_filter()?;
-        let (go_r, go_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
-            .map_err(|e| host("making a pipe")(e.into()))?;
+        // A socket, not a pipe: a send to a child that died is EPIPE (MSG_NOSIGNAL), not a
+        // SIGPIPE that would end berth before it reads the child's report.
+        let (go_r, go_w) = rustix::net::socketpair(
+            rustix::net::AddressFamily::UNIX,
+            rustix::net::SocketType::STREAM,
+            rustix::net::SocketFlags::CLOEXEC,
+            None,
+        )
+        .map_err(|e| host("making a socket pair")(e.into()))?;
         let (tasks, group) = self.open_group()?;
         let mut go_r = Some(go_r);
         let (pid, errors) = fork(self.clone_flags, group.as_ref(), || {
             let go = go_r.take().expect("the child runs once");
-            self.child(go, &tasks, filter.as_ref())
+            self.child(go, &tasks)
         })?;
         drop(go_r);
         let mut child = Child {
@@ -716,8 +796,12 @@ impl Prepared {
             maps: self
                 .user_ns
                 .then(|| (self.uid_map.clone(), self.gid_map.clone())),
+            filter: Vec::new(),
         };
         child.map_ids()?;
+        // The filter is compiled while the child builds its root (a quarter of a millisecond
+        // of libseccomp's work that no longer delays the command), and sent with the go.
+        child.filter = encode_filter(self.seccomp_program()?.as_deref());
         Ok(child)
     }
 
@@ -755,7 +839,7 @@ impl Prepared {
                 std::fs::File::open(&p).map_err(host(format!("opening {p}")))
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let filter = self.seccomp_filter()?;
+        let filter = self.seccomp_program()?;
         let (tasks, group) = self.open_group()?;
         // A new process lands in the pid namespace of its parent's pid_for_children: berth's,
         // for this one clone, then back.
@@ -775,7 +859,7 @@ impl Prepared {
                 rustix::thread::move_into_link_name_space(f.as_fd(), Some(*kind))
                     .map_err(|e| format!("joining the container's {k} namespace: {e}"))?;
             }
-            me.become_command(filter.as_ref())
+            me.become_command(filter.as_deref())
         });
         let back = rustix::thread::move_into_link_name_space(own.as_fd(), Some(Ns::ProcessID));
         let (child, errors) = forked?;
@@ -821,6 +905,29 @@ impl Prepared {
         Ok((tasks, group))
     }
 
+    /// The seccomp filter as the BPF program libseccomp compiles for it (what `seccomp_load`
+    /// would install), to be installed with one system call in the child.
+    fn seccomp_program(&self) -> Result<Option<Vec<libc::sock_filter>>, DirectError> {
+        let Some(f) = self.seccomp_filter()? else {
+            return Ok(None);
+        };
+        let e = |e: std::io::Error| DirectError::Seccomp(format!("exporting the program: {e}"));
+        let mem = rustix::fs::memfd_create("berth-seccomp", rustix::fs::MemfdFlags::CLOEXEC)
+            .map_err(|x| e(x.into()))?;
+        f.export_bpf(&mem)
+            .map_err(|x| DirectError::Seccomp(x.to_string()))?;
+        let mut bytes = Vec::new();
+        let mut file = std::fs::File::from(mem);
+        std::io::Seek::rewind(&mut file).map_err(e)?;
+        file.read_to_end(&mut bytes).map_err(e)?;
+        decode_program(&bytes).map(Some).ok_or_else(|| {
+            DirectError::Seccomp(format!(
+                "libseccomp exported {} bytes, not whole instructions",
+                bytes.len()
+            ))
+        })
+    }
+
     fn seccomp_filter(&self) -> Result<Option<ScmpFilterContext>, DirectError> {
         let Some(denied) = &self.seccomp else {
             return Ok(None);
@@ -845,7 +952,6 @@ impl Prepared {
         &self,
         go: OwnedFd,
         tasks: &[std::fs::File],
-        filter: Option<&ScmpFilterContext>,
     ) -> Result<std::convert::Infallible, String> {
         let mut go = std::fs::File::from(go);
         let wait = |go: &mut std::fs::File, what: &str| -> Result<(), String> {
@@ -985,8 +1091,10 @@ impl Prepared {
             )
             .map_err(sys("making read-only", p))?;
         }
-        // Berth moves this process into its cgroup, then says go.
+        // Berth says go, with the seccomp filter to install last.
         wait(&mut go, "starting the command")?;
+        let filter =
+            read_filter(&mut go).map_err(|e| format!("receiving the seccomp filter: {e}"))?;
         if self.cgroup_ns {
             // SAFETY: NEWCGROUP changes only how this process sees cgroup paths; it shares no
             // file table or memory with another thread that could be surprised by it.
@@ -996,14 +1104,14 @@ impl Prepared {
         if let Some(h) = &self.hostname {
             rustix::system::sethostname(h).map_err(|e| format!("setting the hostname: {e}"))?;
         }
-        self.become_command(filter)
+        self.become_command(filter.as_deref())
     }
 
     /// Take the command's limits, IDs, capabilities and filter, and exec it.
     #[allow(unsafe_code)]
     fn become_command(
         &self,
-        filter: Option<&ScmpFilterContext>,
+        filter: Option<&[libc::sock_filter]>,
     ) -> Result<std::convert::Infallible, String> {
         for (res, soft, hard) in &self.rlimits {
             rustix::process::setrlimit(
@@ -1066,8 +1174,7 @@ impl Prepared {
         .map_err(|e| format!("setting capabilities: {e}"))?;
         let program = self.resolve()?;
         if let Some(f) = filter {
-            f.load()
-                .map_err(|e| format!("loading the seccomp filter: {e}"))?;
+            install_filter(f).map_err(|e| format!("loading the seccomp filter: {e}"))?;
         }
         let mut argv: Vec<*const libc::c_char> = self.args.iter().map(|a| a.as_ptr()).collect();
         argv.push(std::ptr::null());
@@ -1117,15 +1224,24 @@ impl Child {
             let path = format!("/proc/{}/{file}", self.pid);
             std::fs::write(&path, map).map_err(host(format!("writing {path}")))?;
         }
-        self.signal()
+        self.signal(b"g")
     }
 
-    fn signal(&mut self) -> Result<(), DirectError> {
-        let go = self.go.as_ref().expect("the go pipe is open until start");
-        rustix::io::write(go, b"g").map(|_| ()).map_err(|e| {
-            self.failure()
-                .unwrap_or_else(|| host("signalling the container")(e.into()))
-        })
+    fn signal(&self, message: &[u8]) -> Result<(), DirectError> {
+        let go = self.go.as_ref().expect("the go socket is open until start");
+        let mut rest = message;
+        while !rest.is_empty() {
+            match rustix::net::send(go, rest, rustix::net::SendFlags::NOSIGNAL) {
+                Ok(n) => rest = &rest[n..],
+                Err(rustix::io::Errno::INTR) => {}
+                Err(e) => {
+                    return Err(self
+                        .failure()
+                        .unwrap_or_else(|| host("signalling the container")(e.into())))
+                }
+            }
+        }
+        Ok(())
     }
 
     /// What the child reported, if it failed.
@@ -1135,7 +1251,9 @@ impl Child {
 
     /// Let the child run its command, and wait until it has (or has failed to).
     pub fn start(&mut self) -> Result<(), DirectError> {
-        self.signal()?;
+        let mut message = b"g".to_vec();
+        message.append(&mut self.filter);
+        self.signal(&message)?;
         self.go = None;
         match self.failure() {
             None => Ok(()),
@@ -1360,5 +1478,48 @@ mod tests {
         let e = make_within(&root, &root.join("sys/fs/cgroup"), Make::Dir).unwrap_err();
         assert!(e.contains("symbolic link"), "{e}");
         assert!(!Path::new("/etc/fs").exists());
+    }
+
+    #[test]
+    fn the_filter_travels_to_the_child_whole() {
+        let p = prepare(&build(&plan()).unwrap(), &v1()).unwrap();
+        let program = p
+            .seccomp_program()
+            .unwrap()
+            .expect("the default spec has a filter");
+        assert!(program.len() > crate::spec::DENIED_SYSCALLS.len());
+        let bytes = encode_filter(Some(&program));
+        let back = read_filter(&mut &bytes[..]).unwrap().unwrap();
+        assert_eq!(back.len(), program.len());
+        for (a, b) in back.iter().zip(&program) {
+            assert_eq!((a.code, a.jt, a.jf, a.k), (b.code, b.jt, b.jf, b.k));
+        }
+        assert!(read_filter(&mut &encode_filter(None)[..])
+            .unwrap()
+            .is_none());
+        // Cut short, or claiming more than the kernel takes: an error, not a partial filter.
+        assert!(read_filter(&mut &bytes[..bytes.len() - 3]).is_err());
+        assert!(read_filter(&mut &5000u32.to_le_bytes()[..]).is_err());
+    }
+
+    #[test]
+    fn the_compiled_filter_refuses_what_it_lists() {
+        if !rustix::process::geteuid().is_root() {
+            return; // installing a filter without no_new_privs needs CAP_SYS_ADMIN
+        }
+        let p = prepare(&build(&plan()).unwrap(), &v1()).unwrap();
+        let program = p.seccomp_program().unwrap().unwrap();
+        // A thread of its own: a filter binds the thread that installs it, for good.
+        let keyctl = std::thread::spawn(move || {
+            install_filter(&program).unwrap();
+            // keyctl(KEYCTL_GET_KEYRING_ID, KEY_SPEC_SESSION_KEYRING, 0): allowed unfiltered.
+            // SAFETY: a plain system call with integer arguments.
+            #[allow(unsafe_code)]
+            let r = unsafe { libc::syscall(libc::SYS_keyctl, 0, -3, 0) };
+            (r, std::io::Error::last_os_error().raw_os_error())
+        })
+        .join()
+        .unwrap();
+        assert_eq!(keyctl, (-1, Some(libc::EPERM)));
     }
 }
