@@ -662,7 +662,16 @@ fn install_filter(program: &[libc::sock_filter]) -> std::io::Result<()> {
 /// Create what `target` (under `root`) needs: missing directories, and the last component as a
 /// file for [`Make::File`]. A component that is a symbolic link is refused: what an image holds
 /// must not lead a mount out of the container's root.
-fn make_within(root: &Path, target: &Path, make: Make) -> Result<(), String> {
+///
+/// `seen` holds the directories already found to be no link, in earlier calls while the same
+/// root was built (`/sys/fs/cgroup` is the way to seven targets): mounts made since then only
+/// ever put a filesystem's root, never a link, where such a directory was.
+fn make_within(
+    root: &Path,
+    target: &Path,
+    make: Make,
+    seen: &mut std::collections::HashSet<PathBuf>,
+) -> Result<(), String> {
     let rel = target
         .strip_prefix(root)
         .map_err(|_| format!("{} is outside the container's root", target.display()))?;
@@ -670,6 +679,9 @@ fn make_within(root: &Path, target: &Path, make: Make) -> Result<(), String> {
     let mut p = root.to_path_buf();
     for (i, c) in rel.components().enumerate() {
         p.push(c);
+        if i + 1 < n && seen.contains(&p) {
+            continue;
+        }
         match std::fs::symlink_metadata(&p) {
             Ok(md) if md.file_type().is_symlink() => {
                 return Err(format!(
@@ -687,6 +699,9 @@ fn make_within(root: &Path, target: &Path, make: Make) -> Result<(), String> {
                 made.map_err(|e| format!("creating {}: {e}", p.display()))?;
             }
             Err(e) => return Err(format!("looking at {}: {e}", p.display())),
+        }
+        if i + 1 < n {
+            seen.insert(p.clone());
         }
     }
     Ok(())
@@ -989,6 +1004,7 @@ impl Prepared {
             .map_err(sys("binding the root", root))?;
         rustix::mount::mount_remount(root.as_c_str(), MountFlags::BIND | MountFlags::NODEV, c"")
             .map_err(sys("making the root nodev:", root))?;
+        let mut seen = std::collections::HashSet::new();
         for m in &self.mounts {
             let target = Path::new(OsStr::from_bytes(m.target.as_bytes()));
             if m.how != How::ReadOnlyTree {
@@ -996,6 +1012,7 @@ impl Prepared {
                     Path::new(OsStr::from_bytes(root.as_bytes())),
                     target,
                     m.make,
+                    &mut seen,
                 )?;
             }
             match m.how {
@@ -1469,15 +1486,23 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let root = t.path().join("root");
         std::fs::create_dir_all(root.join("etc")).unwrap();
-        make_within(&root, &root.join("dev/pts"), Make::Dir).unwrap();
+        let mut seen = std::collections::HashSet::new();
+        make_within(&root, &root.join("dev/pts"), Make::Dir, &mut seen).unwrap();
         assert!(root.join("dev/pts").is_dir());
-        make_within(&root, &root.join("etc/hosts"), Make::File).unwrap();
+        make_within(&root, &root.join("etc/hosts"), Make::File, &mut seen).unwrap();
         assert!(root.join("etc/hosts").is_file());
         // An image whose /sys points at the host's /etc does not get a mount there.
         std::os::unix::fs::symlink("/etc", root.join("sys")).unwrap();
-        let e = make_within(&root, &root.join("sys/fs/cgroup"), Make::Dir).unwrap_err();
+        let e = make_within(&root, &root.join("sys/fs/cgroup"), Make::Dir, &mut seen).unwrap_err();
         assert!(e.contains("symbolic link"), "{e}");
         assert!(!Path::new("/etc/fs").exists());
+        // Directories on the way are looked at once per root; the targets themselves always.
+        assert!(seen.contains(&root.join("dev")) && seen.contains(&root.join("etc")));
+        assert!(!seen.contains(&root.join("dev/pts")) && !seen.contains(&root.join("sys")));
+        std::fs::remove_dir(root.join("dev/pts")).unwrap();
+        std::os::unix::fs::symlink("/tmp", root.join("dev/pts")).unwrap();
+        let e = make_within(&root, &root.join("dev/pts"), Make::Dir, &mut seen).unwrap_err();
+        assert!(e.contains("symbolic link"), "{e}");
     }
 
     #[test]
