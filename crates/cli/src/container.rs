@@ -126,6 +126,7 @@ pub fn containers() -> Result<Containers> {
 }
 
 pub fn run(a: RunArgs) -> Result<Status> {
+    berth_container::direct::ignore_sigpipe();
     let limits = a.limits.limits(a.memory.as_ref(), a.cpus.as_ref())?;
     let code = containers()?.run(&RunOptions {
         image: a.image,

@@ -13,6 +13,7 @@ mod vm;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
+use std::io::Write as _;
 use std::process::ExitCode;
 
 /// berth runs virtual machines and system containers side by side on one Linux host.
@@ -100,6 +101,9 @@ fn main() -> ExitCode {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .without_time()
+        // A log line nobody can read any more (`berth run ... 2>&1 | head`) is dropped; the
+        // default reports that with eprintln!, which panics on the same closed pipe.
+        .log_internal_errors(false)
         .init();
     let cli = Cli::parse();
     let (result, error_code): (Result<Status>, u8) = match cli.command {
@@ -133,7 +137,8 @@ fn main() -> ExitCode {
     match result {
         Ok(Status(code)) => ExitCode::from(code),
         Err(e) => {
-            eprintln!("berth: error: {e:#}");
+            // Not eprintln!, which panics when nobody reads stderr any more.
+            let _ = writeln!(std::io::stderr(), "berth: error: {e:#}");
             ExitCode::from(error_code)
         }
     }

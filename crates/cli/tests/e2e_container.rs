@@ -836,3 +836,33 @@ fn unprivileged_root_is_an_unprivileged_id_outside() {
     let uid = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(&made).unwrap());
     assert_eq!(uid, 1_000_000);
 }
+
+#[test]
+fn a_reader_that_goes_away_does_not_lose_the_container() {
+    e2e_image();
+    let name = format!("ct-pipe-{}", std::process::id());
+    // berth logs every phase to stderr, whose reader is gone before the first line: berth
+    // must still remove the container and pass the status on, and the command must start
+    // with SIGPIPE's default disposition, not berth's.
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_berth"))
+        .args(["run", "--rm", "--name", &name, "debian-12", "--"])
+        .args(["sh", "-c", "grep SigIgn /proc/self/status; exit 3"])
+        .env("BERTH_DIR", e2e_dir())
+        .env("BERTH_LOG", "berth_host=debug")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stderr.take());
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(3), "{:?}", out.status);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let ignored = text
+        .trim()
+        .strip_prefix("SigIgn:")
+        .map(|m| u64::from_str_radix(m.trim(), 16).unwrap())
+        .unwrap_or_else(|| panic!("no SigIgn line: {text}"));
+    assert_eq!(ignored & (1 << (13 - 1)), 0, "SIGPIPE (13) ignored inside");
+    assert!(!names().contains(&name));
+    assert!(!cgroup_of(&name).exists());
+}

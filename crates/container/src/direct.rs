@@ -587,6 +587,17 @@ fn report(errors: &OwnedFd) -> Result<Option<DirectError>, DirectError> {
     Ok((!buf.is_empty()).then(|| DirectError::Child(String::from_utf8_lossy(&buf).into_owned())))
 }
 
+/// Have writes to a pipe or socket whose reader went away fail with EPIPE instead of ending
+/// berth by SIGPIPE (the default `main` restores, so that `berth list | head` ends quietly):
+/// `berth run CMD 2>&1 | head` must not lose berth between starting a container and removing
+/// it. The container's command gets the default back before exec ([`Prepared::spawn`]).
+#[allow(unsafe_code)]
+pub fn ignore_sigpipe() {
+    // SAFETY: changes one signal's disposition to SIG_IGN; no handler runs, and berth has no
+    // other thread that relies on SIGPIPE's default.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
+}
+
 /// The seccomp filter as the child receives it after the go: the number of BPF instructions
 /// (u32, little-endian; 0 for none), then the instructions as the kernel lays them out.
 fn encode_filter(program: Option<&[libc::sock_filter]>) -> Vec<u8> {
@@ -1130,6 +1141,11 @@ impl Prepared {
         &self,
         filter: Option<&[libc::sock_filter]>,
     ) -> Result<std::convert::Infallible, String> {
+        // An ignored signal stays ignored across exec: the command starts with SIGPIPE's
+        // default whatever berth does with it ([`ignore_sigpipe`]).
+        // SAFETY: sets one signal's disposition back to the default in this single-threaded
+        // child, which execs next.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
         for (res, soft, hard) in &self.rlimits {
             rustix::process::setrlimit(
                 *res,
