@@ -969,41 +969,31 @@ mod tests {
     #[test]
     fn an_ssh_server_is_told_by_its_identification_line() {
         use std::io::Write;
+        // `ssh_banner` against a local listener whose one connection `serve` handles.
+        fn check(wait: Duration, serve: fn(std::net::TcpStream)) -> bool {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let port = l.local_addr().unwrap().port();
+            let t = std::thread::spawn(move || serve(l.accept().unwrap().0));
+            let seen = ssh_banner(port, wait);
+            t.join().unwrap();
+            seen
+        }
         let wait = Duration::from_millis(500);
         // sshd: answers with its version line.
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = l.local_addr().unwrap().port();
-        let t = std::thread::spawn(move || {
-            let (mut c, _) = l.accept().unwrap();
-            c.write_all(b"SSH-2.0-OpenSSH_9.2p1\r\n").unwrap();
-        });
-        assert!(ssh_banner(port, wait));
-        t.join().unwrap();
+        assert!(check(wait, |mut c| c
+            .write_all(b"SSH-2.0-OpenSSH_9.2p1\r\n")
+            .unwrap()));
         // slirp with nothing listening in the guest: accepts, then closes.
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = l.local_addr().unwrap().port();
-        let t = std::thread::spawn(move || drop(l.accept().unwrap()));
-        assert!(!ssh_banner(port, wait));
-        t.join().unwrap();
+        assert!(!check(wait, drop));
         // slirp with a guest that has no address yet: accepts and stays silent.
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = l.local_addr().unwrap().port();
-        let t = std::thread::spawn(move || {
-            let (c, _) = l.accept().unwrap();
+        assert!(!check(Duration::from_millis(200), |c| {
             std::thread::sleep(Duration::from_millis(800));
             drop(c);
-        });
-        assert!(!ssh_banner(port, Duration::from_millis(200)));
-        t.join().unwrap();
+        }));
         // Another service on the port.
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = l.local_addr().unwrap().port();
-        let t = std::thread::spawn(move || {
-            let (mut c, _) = l.accept().unwrap();
-            c.write_all(b"HTTP/1.1 400 Bad Request\r\n").unwrap();
-        });
-        assert!(!ssh_banner(port, wait));
-        t.join().unwrap();
+        assert!(!check(wait, |mut c| c
+            .write_all(b"HTTP/1.1 400 Bad Request\r\n")
+            .unwrap()));
     }
 
     #[test]
