@@ -148,6 +148,17 @@ fn launch_provision_lifecycle_and_kinds() {
     assert_ne!(id_a, id_b);
     assert_eq!(exec(&b.0, "cat /etc/machine-id"), id_b);
     assert_eq!(exec(&b.0, "hostname"), b.0);
+    // The kernel's random pool is ready at once (the CPU's RDRAND), not after udev loads
+    // virtio_rng or the timer-jitter fallback gathers enough: nothing in the boot waits in
+    // getrandom.
+    let crng = exec(&b.0, "sudo dmesg | grep -m1 'crng init done'");
+    let at: f64 = crng
+        .trim_start_matches('[')
+        .split(']')
+        .next()
+        .and_then(|t| t.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no crng time in {crng:?}"));
+    assert!(at < 2.0, "{crng}");
     assert!(
         exec(
             &b.0,

@@ -112,7 +112,13 @@ pub struct VmSpec {
 /// AMD-V, for which udev loads the 1 MiB kvm and kvm_amd modules at every boot: nested guests
 /// under TCG are not something anyone can use. Imported images keep `max`: their userland may
 /// need x86-64-v2 or later.
-pub const TCG_CPU_BASELINE: &str = "qemu64,-svm";
+///
+/// `+rdrand` (TCG answers RDRAND from the host's `getrandom`) because Debian's kernel trusts the
+/// CPU's generator: its random pool is ready 0.05 s into the boot. Without it the pool waited for
+/// `virtio_rng`, a module udev loads about 5 s in, or for the kernel's timer-jitter fallback, and
+/// in CI a paravirt guest sharing two cores with three others was still blocked in `getrandom`
+/// 592 s into its boot, with no SSH.
+pub const TCG_CPU_BASELINE: &str = "qemu64,-svm,+rdrand";
 
 /// The machine-id as a UUID (8-4-4-4-12), for SMBIOS.
 pub fn machine_id_uuid(id: &str) -> Option<String> {
@@ -243,7 +249,8 @@ impl VmSpec {
             Kind::Paravirt => "virtio-net-device,netdev=net0",
         };
         push(&mut a, &["-device", nic]);
-        // Entropy for early boot (SSH host keys): virtio-rng where the guest has virtio.
+        // Entropy from the host: virtio-rng where the guest has virtio. It is the one source for a
+        // KVM guest whose host CPU lacks RDRAND and for imported kernels that do not trust the CPU.
         match self.kind {
             Kind::Full => {}
             Kind::Hybrid => push(&mut a, &["-device", "virtio-rng-pci"]),
