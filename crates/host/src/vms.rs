@@ -67,7 +67,10 @@ pub enum VmError {
     #[error(transparent)]
     Accel(#[from] qhost::AccelError),
     /// Waiting for the guest failed.
-    #[error("{name}: {message}\n--- last lines of the console ({log}) ---\n{tail}")]
+    #[error("{name}: {message}\n{}--- last lines of the console ({log}) ---\n{tail}",
+        if .reports.is_empty() { String::new() } else {
+            format!("--- what the guest reported on its console ---\n{}\n", .reports)
+        })]
     NotReady {
         /// Instance.
         name: String,
@@ -75,6 +78,8 @@ pub enum VmError {
         message: String,
         /// Console log path.
         log: String,
+        /// The kernel's and systemd's reports of trouble in it (`reports`).
+        reports: String,
         /// Its last lines.
         tail: String,
     },
@@ -244,13 +249,74 @@ pub fn read_cloud_config(p: &Path) -> Result<String, VmError> {
     Ok(t)
 }
 
+/// A console log as text (empty when it cannot be read).
+fn console_text(path: &Path) -> String {
+    std::fs::read(path)
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default()
+}
+
 /// The last `n` lines of a file.
 pub fn tail(path: &Path, n: usize) -> String {
-    let text = std::fs::read(path)
-        .map(|b| String::from_utf8_lossy(&b).into_owned())
-        .unwrap_or_default();
+    let text = console_text(path);
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// What a console line says when it is one of the kernel's or systemd's reports of trouble, or
+/// the moment the kernel's random generator became ready (a guest that never gets there blocks
+/// in `getrandom`).
+const CONSOLE_REPORTS: [&str; 16] = [
+    "Kernel panic",
+    "BUG:",
+    "WARNING:",
+    "INFO: task",
+    "blocked for more than",
+    "rcu: INFO",
+    "detected stall",
+    "soft lockup",
+    "hard LOCKUP",
+    "Marking TSC unstable",
+    "Unable to calibrate",
+    "random: crng init done",
+    "FAILED",
+    "Timed out",
+    "Dependency failed",
+    "emergency mode",
+];
+
+/// The first `n` distinct reports of trouble in a console log (see [`CONSOLE_REPORTS`]), the
+/// part of a failed boot its last lines (often the middle of a stack dump) do not show.
+pub fn console_reports(text: &str, n: usize) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for line in text.lines() {
+        if out.len() == n {
+            break;
+        }
+        let plain = strip_ansi(line);
+        if CONSOLE_REPORTS.iter().any(|p| plain.contains(p)) && !out.contains(&plain) {
+            out.push(plain);
+        }
+    }
+    out
+}
+
+/// A line without its terminal colour sequences (`ESC [ ... m`), as systemd writes them.
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for d in chars.by_ref() {
+                if d.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out.trim_end().to_string()
 }
 
 fn qmp_call(name: &str, sock: &Path, cmd: &str, args: Option<Value>) -> Result<Value, VmError> {
@@ -735,6 +801,7 @@ impl Vms {
             name: name.to_string(),
             message,
             log: rec.spec.console_log.display().to_string(),
+            reports: console_reports(&console_text(&rec.spec.console_log), 12).join("\n"),
             tail: tail(&rec.spec.console_log, 15),
         };
         let stopped = || fail("QEMU stopped while the guest was booting".into());
@@ -965,6 +1032,47 @@ impl Vms {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_failed_boot_is_summed_up_by_its_console_reports() {
+        let log = "[    0.000000] Linux version 6.1.0\n\
+[    5.081837] random: crng init done\n\
+\u{1b}[0;1;31mFAILED\u{1b}[0m] Failed to start \u{1b}[0;1;39mnetworking.service\u{1b}[0m.\n\
+\u{1b}[0;1;31mFAILED\u{1b}[0m] Failed to start \u{1b}[0;1;39mnetworking.service\u{1b}[0m.\n\
+[  242.100000] INFO: task cloud-init:183 blocked for more than 120 seconds.\n\
+[  242.100100] Call Trace:\n\
+[  242.100200]  <TASK>\n";
+        assert_eq!(
+            console_reports(log, 12),
+            [
+                "[    5.081837] random: crng init done",
+                "FAILED] Failed to start networking.service.",
+                "[  242.100000] INFO: task cloud-init:183 blocked for more than 120 seconds.",
+            ]
+        );
+        assert_eq!(console_reports(log, 1).len(), 1);
+        assert!(console_reports("[ 1.0] all well\n", 12).is_empty());
+        // The error shows them above the tail, and leaves the heading out when there are none.
+        let err = |reports: &str| {
+            VmError::NotReady {
+                name: "g".into(),
+                message: "SSH did not answer".into(),
+                log: "/x/console.log".into(),
+                reports: reports.into(),
+                tail: "last".into(),
+            }
+            .to_string()
+        };
+        assert_eq!(
+            err("r1\nr2"),
+            "g: SSH did not answer\n--- what the guest reported on its console ---\nr1\nr2\n\
+--- last lines of the console (/x/console.log) ---\nlast"
+        );
+        assert_eq!(
+            err(""),
+            "g: SSH did not answer\n--- last lines of the console (/x/console.log) ---\nlast"
+        );
+    }
 
     #[test]
     fn an_ssh_server_is_told_by_its_identification_line() {
