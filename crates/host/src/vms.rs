@@ -78,7 +78,7 @@ pub enum VmError {
         message: String,
         /// Console log path.
         log: String,
-        /// The kernel's and systemd's reports of trouble in it (`reports`).
+        /// The kernel's and systemd's reports of trouble in it ([`console_reports`]).
         reports: String,
         /// Its last lines.
         tail: String,
@@ -256,9 +256,8 @@ fn console_text(path: &Path) -> String {
         .unwrap_or_default()
 }
 
-/// The last `n` lines of a file.
-pub fn tail(path: &Path, n: usize) -> String {
-    let text = console_text(path);
+/// The last `n` lines of a text.
+fn last_lines(text: &str, n: usize) -> String {
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
@@ -797,12 +796,15 @@ impl Vms {
     ) -> Result<(), VmError> {
         let dir = self.dir(name);
         let start = Instant::now();
-        let fail = |message: String| VmError::NotReady {
-            name: name.to_string(),
-            message,
-            log: rec.spec.console_log.display().to_string(),
-            reports: console_reports(&console_text(&rec.spec.console_log), 12).join("\n"),
-            tail: tail(&rec.spec.console_log, 15),
+        let fail = |message: String| {
+            let console = console_text(&rec.spec.console_log);
+            VmError::NotReady {
+                name: name.to_string(),
+                message,
+                log: rec.spec.console_log.display().to_string(),
+                reports: console_reports(&console, 12).join("\n"),
+                tail: last_lines(&console, 15),
+            }
         };
         let stopped = || fail("QEMU stopped while the guest was booting".into());
         let silent = || {
