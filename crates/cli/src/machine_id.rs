@@ -2,7 +2,7 @@
 
 use crate::output::{dirs, print_json};
 use crate::Status;
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use berth_disk::BackingPolicy;
 use berth_identity::image_fs::ImageFs;
 use berth_identity::machine_id::{self, Ensured, Found, MachineId};
@@ -91,8 +91,11 @@ pub fn run(cmd: MachineIdCommand) -> Result<Status> {
             let (text, what) = match (id, file) {
                 (Some(id), _) => (id, "machine-id".to_string()),
                 (None, Some(f)) => (
-                    std::fs::read_to_string(&f)
-                        .with_context(|| format!("reading {}", f.display()))?,
+                    berth_files::input::read_text_capped(
+                        &f,
+                        berth_files::input::SMALL_CAP,
+                        "a machine-id file",
+                    )?,
                     f.display().to_string(),
                 ),
                 (None, None) => bail!("give an ID or --file PATH"),

@@ -93,9 +93,11 @@ pub struct Status(pub u8);
 fn main() -> ExitCode {
     // `berth list | head` ends quietly, as Unix tools do, instead of panicking on EPIPE.
     sigpipe::reset();
-    // libcontainer warns about every v1 controller this kernel lacks (hugetlb, net_cls...).
+    // libcontainer warns about every v1 controller this kernel lacks (hugetlb, net_cls...);
+    // imago logs internal errors on the way out of a failed write ("Refcount block dropped
+    // while modified" when the disk fills), whose cause berth reports itself.
     let filter = tracing_subscriber::EnvFilter::try_from_env("BERTH_LOG").unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new("warn,libcgroups=error,libcontainer=error")
+        tracing_subscriber::EnvFilter::new("warn,libcgroups=error,libcontainer=error,imago=off")
     });
     tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -106,6 +108,18 @@ fn main() -> ExitCode {
         .log_internal_errors(false)
         .init();
     let cli = Cli::parse();
+    // Commands that write files for the user remove their temporaries when interrupted (the
+    // others handle signals their own way: `run` forwards them to its command).
+    if matches!(
+        cli.command,
+        Command::Disk(_) | Command::Key(_) | Command::Seed(_)
+    ) {
+        if let Err(e) = berth_files::output::remove_on_signals() {
+            tracing::warn!(
+                "cannot watch for signals, an interrupted write may leave its temporary file: {e}"
+            );
+        }
+    }
     let (result, error_code): (Result<Status>, u8) = match cli.command {
         Command::Disk(cmd) => {
             let code = cmd.error_exit_code();

@@ -2,7 +2,7 @@
 
 use crate::output::print_json;
 use crate::Status;
-use anyhow::{Context, Result};
+use anyhow::Result;
 use berth_cloudinit::schema::Severity;
 use berth_cloudinit::seed::{self, SeedFiles, SeedFormat};
 use berth_cloudinit::userdata;
@@ -72,8 +72,13 @@ pub enum SeedCommand {
     },
 }
 
+/// A seed part or user-data file, capped as every user-data berth reads.
 fn read(p: &Path) -> Result<Vec<u8>> {
-    std::fs::read(p).with_context(|| format!("reading {}", p.display()))
+    Ok(berth_files::input::read_capped(
+        p,
+        berth_files::input::USER_DATA_CAP,
+        "user-data or a seed part",
+    )?)
 }
 
 fn zoneinfo() -> Option<PathBuf> {

@@ -63,6 +63,9 @@ pub enum SeedError {
     /// The destination exists.
     #[error("{} already exists; pass --force to overwrite it", .0.display())]
     Exists(std::path::PathBuf),
+    /// The destination is not a regular file, or could not be written.
+    #[error(transparent)]
+    File(#[from] berth_files::FileError),
 }
 
 /// A fresh instance id, as cloud-init expects one (`iid-` and 16 hex digits).
@@ -178,26 +181,17 @@ pub fn write(
     format: SeedFormat,
     force: bool,
 ) -> Result<(), SeedError> {
-    if !force && std::fs::symlink_metadata(path).is_ok() {
-        return Err(SeedError::Exists(path.to_path_buf()));
+    match berth_files::output::check_target(path, force, "a seed") {
+        Err(berth_files::FileError::Exists(p)) => return Err(SeedError::Exists(p)),
+        other => other?,
     }
     let bytes = build(files, format)?;
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = path.with_file_name(format!(".{name}.berth-tmp-{}", std::process::id()));
-    let res = (|| {
-        use std::io::Write;
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(&bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if let Err(e) = res {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(SeedError::Io(path.to_path_buf(), e));
-    }
+    let out = berth_files::output::Output::create(path, force, Some(0o644), "a seed")?;
+    use std::io::Write;
+    out.file()
+        .write_all(&bytes)
+        .map_err(|e| SeedError::Io(path.to_path_buf(), e))?;
+    out.commit()?;
     Ok(())
 }
 

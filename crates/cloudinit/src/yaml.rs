@@ -73,12 +73,31 @@ enum Frame {
 
 struct Builder {
     stack: Vec<Frame>,
-    anchors: BTreeMap<usize, Value>,
+    /// Anchored values with their weight (see [`weight`]).
+    anchors: BTreeMap<usize, (Value, usize)>,
+    /// The weight that aliases have added so far.
+    expanded: usize,
     root: Option<Value>,
     docs: usize,
     marks: BTreeMap<String, Mark>,
     key_marks: BTreeMap<String, Mark>,
     error: Option<YamlError>,
+}
+
+/// How much alias expansion a document may add: 4 Mi of nodes plus string bytes, the size of the
+/// largest user-data berth reads (`berth_files::input::USER_DATA_CAP`) written out in full.
+pub const MAX_ALIAS_EXPANSION: usize = 4 << 20;
+
+/// A value's size for the alias bound: one per node, plus the bytes of its strings and keys.
+fn weight(v: &Value) -> usize {
+    match v {
+        Value::String(s) => 1 + s.len(),
+        Value::Array(a) => a.iter().fold(1usize, |n, x| n.saturating_add(weight(x))),
+        Value::Object(o) => o.iter().fold(1usize, |n, (k, x)| {
+            n.saturating_add(k.len()).saturating_add(weight(x))
+        }),
+        _ => 1,
+    }
 }
 
 fn to_mark(m: Marker) -> Mark {
@@ -252,7 +271,8 @@ impl Builder {
     /// Deliver a finished value to its parent (or as the root).
     fn deliver(&mut self, v: Value, mark: Mark, anchor: usize) {
         if anchor != 0 {
-            self.anchors.insert(anchor, v.clone());
+            let w = weight(&v);
+            self.anchors.insert(anchor, (v.clone(), w));
         }
         match self.stack.last_mut() {
             None => self.root = Some(v),
@@ -358,10 +378,22 @@ impl MarkedEventReceiver for Builder {
                 self.deliver(v, mark, anchor);
             }
             Event::Alias(id) => {
-                let Some(v) = self.anchors.get(&id).cloned() else {
+                let Some((v, w)) = self.anchors.get(&id).cloned() else {
                     self.fail(mark, "found undefined alias");
                     return;
                 };
+                // Each alias is a copy here (PyYAML shares one object): bound what copies add,
+                // so that a "billion laughs" document ends in an error, not in all memory.
+                self.expanded = self.expanded.saturating_add(w);
+                if self.expanded > MAX_ALIAS_EXPANSION {
+                    self.fail(
+                        mark,
+                        format!(
+                            "aliases expand to more than {MAX_ALIAS_EXPANSION} nodes and bytes                              (an alias bomb?); berth refuses such a document"
+                        ),
+                    );
+                    return;
+                }
                 if let Some((ptr, _)) = self.child_ptr() {
                     self.marks.insert(ptr, mark);
                 }
@@ -440,6 +472,7 @@ pub fn load(text: &str) -> Result<Document, YamlError> {
     let mut b = Builder {
         stack: Vec::new(),
         anchors: BTreeMap::new(),
+        expanded: 0,
         root: None,
         docs: 0,
         marks: BTreeMap::new(),
@@ -493,6 +526,27 @@ mod tests {
             assert_eq!(resolve_plain(text), want, "{text}");
         }
         assert!(resolve_plain("2001-12-14").is_object());
+    }
+
+    #[test]
+    fn alias_bombs_end_in_an_error() {
+        // Nine levels of ten aliases each: 10^9 nodes if expanded.
+        let mut doc = String::from("a0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol, lol]\n");
+        for i in 1..10 {
+            let p = i - 1;
+            doc.push_str(&format!(
+                "a{i}: &a{i} [*a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}]\n"
+            ));
+        }
+        let e = load(&doc).unwrap_err();
+        assert!(e.message.contains("alias bomb"), "{}", e.message);
+        // A big string repeated is bounded too.
+        let big = "x".repeat(1 << 20);
+        let doc = format!("s: &s {big}\nt: [*s, *s, *s, *s, *s]\n");
+        assert!(load(&doc).unwrap_err().message.contains("alias bomb"));
+        // Ordinary use of anchors is untouched.
+        let doc = "base: &b {a: 1}\nx: *b\ny:\n  <<: *b\n  c: 2\n";
+        load(doc).unwrap();
     }
 
     #[test]

@@ -50,6 +50,7 @@ impl FromStr for Format {
 /// Detect the format of a top-level image the user named: qcow2 by its magic, raw otherwise.
 /// Never used for backing files.
 pub fn probe_format(path: &Path) -> Result<Format> {
+    check_kind(path)?;
     let f = std::fs::File::open(path).map_err(Error::io("opening", path))?;
     let mut magic = [0u8; 4];
     match f.read_exact_at(&mut magic, 0) {
@@ -58,6 +59,22 @@ pub fn probe_format(path: &Path) -> Result<Format> {
         Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(Format::Raw),
         Err(e) => Err(Error::io("reading", path)(e)),
     }
+}
+
+/// Refuse, before opening it, a path that is neither a regular file nor a block device: a FIFO
+/// would block the open, a character device never ends.
+pub fn check_kind(path: &Path) -> Result<()> {
+    use std::os::unix::fs::FileTypeExt;
+    let ft = std::fs::metadata(path)
+        .map_err(Error::io("opening", path))?
+        .file_type();
+    if ft.is_file() || ft.is_block_device() {
+        return Ok(());
+    }
+    Err(Error::NotAnImage {
+        path: path.to_path_buf(),
+        kind: berth_files::kind_name(ft),
+    })
 }
 
 /// One image of a chain.
@@ -87,6 +104,7 @@ pub fn walk_chain(top: &Path, format: Format, policy: &BackingPolicy) -> Result<
             });
         }
         let canon = std::fs::canonicalize(&path).map_err(Error::io("opening", &path))?;
+        check_kind(&canon)?;
         if seen.contains(&canon) {
             return Err(Error::BackingLoop {
                 image: top.to_path_buf(),

@@ -108,6 +108,17 @@ pub enum Error {
     /// The destination exists and would be overwritten.
     #[error("{} already exists; pass --force to overwrite it", .0.display())]
     Exists(PathBuf),
+    /// A path named as an image is neither a regular file nor a block device.
+    #[error("{} is {kind}, not a disk image (berth opens regular files and block devices)", path.display())]
+    NotAnImage {
+        /// The path.
+        path: PathBuf,
+        /// What it is.
+        kind: &'static str,
+    },
+    /// An output file could not be made (not a regular file, exists, I/O).
+    #[error(transparent)]
+    Output(#[from] berth_files::FileError),
 }
 
 /// Result alias.

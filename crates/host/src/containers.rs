@@ -298,6 +298,8 @@ impl Containers {
                 "--net-rate and --forward need --network bridge (this container's is {network})"
             )));
         }
+        crate::vms::check_forwards(forwards.iter().map(|(h, _)| *h))
+            .map_err(|e| ContainerError::Invalid(e.to_string()))?;
         // Looking for nft and iptables only when there are forwards to check.
         let net = (!forwards.is_empty()).then(berth_net::Host::detect);
         for (host, _) in forwards {

@@ -51,6 +51,9 @@ pub enum VmError {
     /// Seeds.
     #[error(transparent)]
     Seed(#[from] seed::SeedError),
+    /// A file the user named (not a regular file, over its cap, not text).
+    #[error(transparent)]
+    File(#[from] berth_files::FileError),
     /// QEMU failed to start.
     #[error("QEMU did not start: {0}")]
     QemuStart(String),
@@ -219,7 +222,11 @@ fn check_port(port: u16) -> Result<(), VmError> {
 /// Read a user's cloud-config and refuse it, naming FILE:LINE:COLUMN, when cloud-init's schema
 /// finds errors (warnings pass).
 pub fn read_cloud_config(p: &Path) -> Result<String, VmError> {
-    let t = std::fs::read_to_string(p).map_err(io("reading", p))?;
+    let t = berth_files::input::read_text_capped(
+        p,
+        berth_files::input::USER_DATA_CAP,
+        "the cloud-config (--cloud-init)",
+    )?;
     let (_, problems) =
         berth_cloudinit::userdata::validate_text(&t, Some(Path::new("/usr/share/zoneinfo")));
     let errors: Vec<String> = problems
@@ -247,6 +254,38 @@ pub fn read_cloud_config(p: &Path) -> Result<String, VmError> {
         )));
     }
     Ok(t)
+}
+
+/// Refuse a host port given twice: only one of the forwards could win, silently.
+pub(crate) fn check_forwards(hosts: impl Iterator<Item = u16>) -> Result<(), VmError> {
+    let mut seen = std::collections::BTreeSet::new();
+    for h in hosts {
+        if !seen.insert(h) {
+            return Err(VmError::Invalid(format!(
+                "host port {h} is given twice in --forward; each host port forwards to one \
+                 guest port"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The public keys in a user's `--ssh-key` file, as authorized_keys lines.
+fn read_public_keys(k: &Path) -> Result<Vec<String>, VmError> {
+    let text = berth_files::input::read_text_capped(
+        k,
+        berth_files::input::PUBLIC_KEY_CAP,
+        "the public key (--ssh-key)",
+    )?;
+    let parsed = berth_identity::authorized_keys::parse(&text)
+        .map_err(|e| VmError::Invalid(format!("{}: {e}", k.display())))?;
+    if parsed.is_empty() {
+        return Err(VmError::Invalid(format!(
+            "{} holds no public key",
+            k.display()
+        )));
+    }
+    Ok(parsed.iter().map(|p| p.public_line()).collect())
 }
 
 /// A console log as text (empty when it cannot be read).
@@ -523,6 +562,16 @@ impl Vms {
                 o.memory_mib
             )));
         }
+        check_forwards(o.forwards.iter().map(|f| f.host))?;
+        // The user's files first: a bad one is reported before anything else is looked at.
+        let user_text = match &o.cloud_init {
+            Some(p) => Some(read_cloud_config(p)?),
+            None => None,
+        };
+        let extra_keys = match &o.ssh_key {
+            Some(k) => read_public_keys(k)?,
+            None => Vec::new(),
+        };
         let images = ImageStore::new(&self.dirs);
         let image = images.get(&o.image)?;
         let kind = o.kind.unwrap_or_else(|| default_kind(&image.recipe));
@@ -533,10 +582,6 @@ impl Vms {
         .ok_or_else(|| {
             VmError::Invalid(format!("image {} has no kernel for direct boot", o.image))
         })?;
-        let user_text = match &o.cloud_init {
-            Some(p) => Some(read_cloud_config(p)?),
-            None => None,
-        };
         for f in &o.forwards {
             check_port(f.host)?;
         }
@@ -566,18 +611,7 @@ impl Vms {
                 .map_err(io("reading", &key))?
                 .trim()
                 .to_string()];
-            if let Some(k) = &o.ssh_key {
-                let text = std::fs::read_to_string(k).map_err(io("reading", k))?;
-                let parsed = berth_identity::authorized_keys::parse(&text)
-                    .map_err(|e| VmError::Invalid(format!("{}: {e}", k.display())))?;
-                if parsed.is_empty() {
-                    return Err(VmError::Invalid(format!(
-                        "{} holds no public key",
-                        k.display()
-                    )));
-                }
-                authorized.extend(parsed.iter().map(|p| p.public_line()));
-            }
+            authorized.extend(extra_keys.iter().cloned());
             let mut ours = GuestConfig {
                 hostname: Some(o.name.clone()),
                 users: vec![User {

@@ -197,6 +197,9 @@ pub enum AddError {
     /// The public key file holds no key.
     #[error("{} holds no public key", .0.display())]
     NoKey(std::path::PathBuf),
+    /// A file that is not a regular one, too large, or not text.
+    #[error(transparent)]
+    File(#[from] berth_files::FileError),
 }
 
 /// Text to append to `existing` so that every key of `new_keys` is present (compared by key
@@ -225,11 +228,11 @@ pub fn merge(existing: &str, new_keys: &[KeyLine]) -> Result<(String, usize), Pa
 /// append the keys not already present, create the file 0600 and its folder 0700 if missing,
 /// keep an existing file's lines and mode. Returns the number of keys added.
 pub fn add_keys(pubkey: &Path, authorized_keys: &Path) -> Result<usize, AddError> {
-    let text = std::fs::read_to_string(pubkey).map_err(|source| AddError::Io {
-        what: "reading",
-        path: pubkey.to_path_buf(),
-        source,
-    })?;
+    let text = berth_files::input::read_text_capped(
+        pubkey,
+        berth_files::input::PUBLIC_KEY_CAP,
+        "the public key file",
+    )?;
     let keys = parse(&text).map_err(|source| AddError::Parse {
         path: pubkey.to_path_buf(),
         source,
@@ -247,7 +250,13 @@ pub fn add_key_lines(keys: &[KeyLine], authorized_keys: &Path) -> Result<usize, 
         let path = path.to_path_buf();
         move |source| AddError::Io { what, path, source }
     };
-    let (existing, mode) = match std::fs::read(authorized_keys) {
+    // Checked before reading: a device or FIFO is neither read nor replaced.
+    berth_files::output::check_target(authorized_keys, true, "authorized_keys")?;
+    let (existing, mode) = match berth_files::input::read_capped(
+        authorized_keys,
+        berth_files::input::PUBLIC_KEY_CAP,
+        "the authorized_keys file",
+    ) {
         Ok(b) => {
             let mode = std::fs::metadata(authorized_keys)
                 .map_err(io("reading", authorized_keys))?
@@ -256,7 +265,9 @@ pub fn add_key_lines(keys: &[KeyLine], authorized_keys: &Path) -> Result<usize, 
                 & 0o7777;
             (String::from_utf8_lossy(&b).into_owned(), mode)
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+        Err(berth_files::FileError::Io { source: e, .. })
+            if e.kind() == std::io::ErrorKind::NotFound =>
+        {
             if let Some(dir) = authorized_keys
                 .parent()
                 .filter(|d| !d.as_os_str().is_empty())
@@ -265,15 +276,14 @@ pub fn add_key_lines(keys: &[KeyLine], authorized_keys: &Path) -> Result<usize, 
             }
             (String::new(), 0o600)
         }
-        Err(e) => return Err(io("reading", authorized_keys)(e)),
+        Err(e) => return Err(e.into()),
     };
     let (text, added) = merge(&existing, keys).map_err(|source| AddError::Parse {
         path: authorized_keys.to_path_buf(),
         source,
     })?;
     if added > 0 || existing.is_empty() {
-        crate::fsutil::write_atomic(authorized_keys, text.as_bytes(), mode)
-            .map_err(io("writing", authorized_keys))?;
+        crate::fsutil::write_atomic(authorized_keys, text.as_bytes(), mode, "authorized_keys")?;
     }
     Ok(added)
 }

@@ -57,6 +57,9 @@ pub enum KeyError {
         #[source]
         source: std::io::Error,
     },
+    /// A key file could not be written (not a regular file, I/O).
+    #[error(transparent)]
+    File(#[from] berth_files::FileError),
 }
 
 /// A request for a key pair.
@@ -143,11 +146,10 @@ pub fn public_path(private: &Path) -> PathBuf {
 /// `force`. A missing parent folder is created with mode 0700 (as `~/.ssh`).
 pub fn generate_to(spec: &KeySpec, path: &Path, force: bool) -> Result<KeyPair, KeyError> {
     let public = public_path(path);
-    if !force {
-        for p in [path, public.as_path()] {
-            if std::fs::symlink_metadata(p).is_ok() {
-                return Err(KeyError::Exists(p.to_path_buf()));
-            }
+    for p in [path, public.as_path()] {
+        match berth_files::output::check_target(p, force, "a key") {
+            Err(berth_files::FileError::Exists(p)) => return Err(KeyError::Exists(p)),
+            other => other?,
         }
     }
     let pair = generate(spec)?;
@@ -158,19 +160,17 @@ pub fn generate_to(spec: &KeySpec, path: &Path, force: bool) -> Result<KeyPair, 
             source,
         })?;
     }
-    crate::fsutil::write_atomic(path, pair.private_openssh.as_bytes(), 0o600).map_err(
-        |source| KeyError::Io {
-            what: "writing",
-            path: path.to_path_buf(),
-            source,
-        },
+    crate::fsutil::write_atomic(
+        path,
+        pair.private_openssh.as_bytes(),
+        0o600,
+        "a private key",
     )?;
-    crate::fsutil::write_atomic(&public, pair.public_openssh.as_bytes(), 0o644).map_err(
-        |source| KeyError::Io {
-            what: "writing",
-            path: public.clone(),
-            source,
-        },
+    crate::fsutil::write_atomic(
+        &public,
+        pair.public_openssh.as_bytes(),
+        0o644,
+        "a public key",
     )?;
     Ok(pair)
 }

@@ -145,6 +145,9 @@ pub enum TreeError {
     /// A symlink chain that does not end.
     #[error("too many levels of symlinks at {0} inside the guest tree")]
     SymlinkLoop(String),
+    /// The machine-id file could not be written (not a regular file, I/O).
+    #[error(transparent)]
+    File(#[from] berth_files::FileError),
 }
 
 /// Map a guest path to a host path under `root`, resolving symlinks inside the tree (absolute
@@ -267,12 +270,11 @@ pub fn write_to_root(root: &Path, id: MachineId) -> Result<(), TreeError> {
         source,
     })?;
     let target = resolve_in_root(root, ETC_MACHINE_ID)?;
-    crate::fsutil::write_atomic(&target, id.to_file_content().as_bytes(), 0o444).map_err(
-        |source| TreeError::Io {
-            what: "writing",
-            path: target.clone(),
-            source,
-        },
+    crate::fsutil::write_atomic(
+        &target,
+        id.to_file_content().as_bytes(),
+        0o444,
+        "a machine-id",
     )?;
     let dbus_dir = resolve_in_root(root, "/var/lib/dbus")?;
     if dbus_dir.is_dir() {

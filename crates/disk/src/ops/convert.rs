@@ -3,7 +3,7 @@
 //! qcow2 destinations go through the streaming writer (compressing on all cores with
 //! `--compress`); raw destinations stay sparse.
 
-use super::{check_overwrite, commit_temp, is_zero, next_data, temp_sibling, Progress, TempGuard};
+use super::{check_overwrite, is_zero, next_data, start_output, Progress};
 use crate::image::{Chain, Format};
 use crate::policy::BackingPolicy;
 use crate::qcow2::writer::{compress_cluster, pwrite_all_vectored, StreamWriter};
@@ -133,15 +133,9 @@ pub fn convert(
         4096
     };
     let chunk = CHUNK.max(bs) / bs * bs;
-    let tmp = temp_sibling(&o.dst);
-    let mut guard = TempGuard(Some(tmp.clone()));
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&tmp)
-        .map_err(Error::io("creating", &tmp))?;
+    let out = start_output(&o.dst, o.force)?;
+    let tmp = out.temp().to_path_buf();
+    let file = out.file().try_clone().map_err(Error::io("opening", &tmp))?;
     let raw = raw_top(&src);
     let mut stats = ConvertStats {
         size,
@@ -154,7 +148,7 @@ pub fn convert(
                 size,
                 cs.trailing_zeros(),
             )
-            .map_err(Error::format(&tmp))?,
+            .map_err(Error::format(&o.dst))?,
         ),
         Format::Raw => None,
     };
@@ -170,6 +164,9 @@ pub fn convert(
         let _ = empty_tx.send(vec![0u8; chunk as usize]);
     }
     std::thread::scope(|scope| -> Result<()> {
+        // Owned by this closure, so that a write error (ENOSPC, EIO) that ends it also ends a
+        // reader waiting for a free buffer.
+        let empty_tx = empty_tx;
         let src = &src;
         let raw = raw.as_ref();
         let src_path = &o.src;
@@ -182,7 +179,8 @@ pub fn convert(
                         return Ok(None);
                     }
                     let Ok(mut buf) = empty_rx.recv() else {
-                        return Ok(None);
+                        // The writer has stopped: so does the reader.
+                        return Err(Error::Invalid("the writer stopped".into()));
                     };
                     buf.resize(len as usize, 0);
                     match raw {
@@ -217,7 +215,7 @@ pub fn convert(
                 .collect();
             stats.data_bytes += blocks.iter().map(|(_, b)| b.len() as u64).sum::<u64>();
             match writer.as_mut() {
-                None => write_raw_runs(&file, &blocks, &tmp)?,
+                None => write_raw_runs(&file, &blocks, &o.dst)?,
                 Some(w) if o.compress => {
                     let per = blocks.len().div_ceil(threads).max(1);
                     let compressed: Vec<Option<Vec<u8>>> = std::thread::scope(|s| {
@@ -240,14 +238,14 @@ pub fn convert(
                         let gc = goff / bs;
                         match c {
                             Some(c) => {
-                                w.write_compressed(gc, &c).map_err(Error::format(&tmp))?;
+                                w.write_compressed(gc, &c).map_err(Error::format(&o.dst))?;
                                 stats.compressed_clusters += 1;
                             }
-                            None => w.write_data(gc, b).map_err(Error::format(&tmp))?,
+                            None => w.write_data(gc, b).map_err(Error::format(&o.dst))?,
                         }
                     }
                 }
-                Some(w) => w.write_run(&blocks).map_err(Error::format(&tmp))?,
+                Some(w) => w.write_run(&blocks).map_err(Error::format(&o.dst))?,
             }
             drop(blocks);
             let _ = empty_tx.send(data);
@@ -255,16 +253,16 @@ pub fn convert(
         Ok(())
     })?;
     let file = match writer {
-        Some(w) => w.finish().map_err(Error::format(&tmp))?,
+        Some(w) => w.finish().map_err(Error::format(&o.dst))?,
         None => {
-            file.set_len(size).map_err(Error::io("sizing", &tmp))?;
+            file.set_len(size).map_err(Error::io("sizing", &o.dst))?;
             file
         }
     };
-    file.sync_all().map_err(Error::io("syncing", &tmp))?;
+    file.sync_all().map_err(Error::io("writing", &o.dst))?;
+    drop(file);
     progress(size, size);
-    commit_temp(&tmp, &o.dst)?;
-    guard.0 = None;
+    out.commit()?;
     Ok(stats)
 }
 

@@ -1,6 +1,6 @@
 //! `disk create`: thin or preallocated qcow2 (through imago) and sparse or preallocated raw.
 
-use super::{check_overwrite, commit_temp, temp_sibling, TempGuard};
+use super::{check_overwrite, start_output};
 use crate::image::{Chain, Format};
 use crate::policy::BackingPolicy;
 use crate::{Error, Result};
@@ -132,10 +132,10 @@ pub fn create(o: &CreateOptions, policy: &BackingPolicy) -> Result<u64> {
             )));
         }
     }
-    let tmp = temp_sibling(&o.path);
-    let mut guard = TempGuard(Some(tmp.clone()));
+    let out = start_output(&o.path, o.force)?;
+    let tmp = out.temp().to_path_buf();
     match o.format {
-        Format::Raw => create_raw(&tmp, size, o.preallocation)?,
+        Format::Raw => create_raw(out.file(), &o.path, size, o.preallocation)?,
         Format::Qcow2 => {
             let storage =
                 ImagoFile::create_open(StorageCreateOptions::new().filename(&tmp).overwrite(true))
@@ -153,38 +153,40 @@ pub fn create(o: &CreateOptions, policy: &BackingPolicy) -> Result<u64> {
             if let (Some(name), Some(fmt)) = (&o.backing, o.backing_format) {
                 b = b.backing(name.clone(), fmt.to_string());
             }
-            b.create().map_err(Error::io("creating", &o.path))?;
+            b.create().map_err(|e| create_error(&o.path, e))?;
         }
     }
-    std::fs::File::open(&tmp)
-        .and_then(|f| f.sync_all())
-        .map_err(Error::io("syncing", &tmp))?;
-    commit_temp(&tmp, &o.path)?;
-    guard.0 = None;
+    out.commit()?;
     Ok(size)
 }
 
-fn create_raw(path: &std::path::Path, size: u64, prealloc: Preallocation) -> Result<()> {
-    let f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(path)
-        .map_err(Error::io("creating", path))?;
+/// imago reports a failed write during creation as the error it met, sometimes after an
+/// internal one ("Refcount block dropped while modified") logged on the way; say what happened
+/// in terms of the image being made.
+fn create_error(path: &std::path::Path, e: std::io::Error) -> Error {
+    Error::io("creating", path)(e)
+}
+
+fn create_raw(
+    f: &std::fs::File,
+    path: &std::path::Path,
+    size: u64,
+    prealloc: Preallocation,
+) -> Result<()> {
     match prealloc {
         Preallocation::Off | Preallocation::Metadata => {
             f.set_len(size).map_err(Error::io("sizing", path))?;
         }
         Preallocation::Falloc => {
             if size > 0 {
-                rustix::fs::fallocate(&f, rustix::fs::FallocateFlags::empty(), 0, size)
+                rustix::fs::fallocate(f, rustix::fs::FallocateFlags::empty(), 0, size)
                     .map_err(|e| Error::io("preallocating", path)(e.into()))?;
             }
         }
         Preallocation::Full => {
             use std::io::Write;
             let zeros = vec![0u8; 1 << 20];
-            let mut w = std::io::BufWriter::new(&f);
+            let mut w = std::io::BufWriter::new(f);
             let mut left = size;
             while left > 0 {
                 let n = left.min(zeros.len() as u64) as usize;

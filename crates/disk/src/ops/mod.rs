@@ -18,48 +18,28 @@ pub use modify::{
 };
 
 use crate::{Error, Result};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// Progress callback: (bytes done, bytes total).
 pub type Progress<'a> = &'a mut dyn FnMut(u64, u64);
 
-/// A temporary sibling of `dst` to write into before an atomic rename.
-pub(crate) fn temp_sibling(dst: &Path) -> PathBuf {
-    let name = dst
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "image".into());
-    dst.with_file_name(format!(".{name}.berth-tmp-{}", std::process::id()))
-}
-
-/// Refuse to overwrite `dst` unless `force`.
+/// Refuse to write `dst` when it exists, unless `force`; never when it is not a regular file.
 pub(crate) fn check_overwrite(dst: &Path, force: bool) -> Result<()> {
-    if !force && std::fs::symlink_metadata(dst).is_ok() {
-        return Err(Error::Exists(dst.to_path_buf()));
+    match berth_files::output::check_target(dst, force, "a disk image") {
+        Err(berth_files::FileError::Exists(p)) => Err(Error::Exists(p)),
+        other => Ok(other?),
     }
-    Ok(())
 }
 
-/// Move a finished temporary file into place and make the rename durable.
-pub(crate) fn commit_temp(tmp: &Path, dst: &Path) -> Result<()> {
-    std::fs::rename(tmp, dst).map_err(Error::io("renaming into place", dst))?;
-    if let Some(parent) = crate::policy::absolute_parent(dst) {
-        if let Ok(d) = std::fs::File::open(parent) {
-            let _ = d.sync_all();
-        }
-    }
-    Ok(())
-}
-
-/// Removes a temporary file unless disarmed.
-pub(crate) struct TempGuard(pub Option<PathBuf>);
-
-impl Drop for TempGuard {
-    fn drop(&mut self) {
-        if let Some(p) = self.0.take() {
-            let _ = std::fs::remove_file(p);
-        }
-    }
+/// Start writing `dst` under its temporary name (refusing what [`check_overwrite`] refuses).
+pub(crate) fn start_output(dst: &Path, force: bool) -> Result<berth_files::output::Output> {
+    check_overwrite(dst, force)?;
+    Ok(berth_files::output::Output::create(
+        dst,
+        force,
+        None,
+        "a disk image",
+    )?)
 }
 
 /// Whether a buffer is all zero bytes.
