@@ -496,3 +496,28 @@ fn a_host_port_given_twice_is_refused_before_anything_starts() {
         );
     }
 }
+
+/// Regression for issue 13 item 7: a full data dir said only "berth's state database".
+#[test]
+fn a_full_data_dir_says_no_space_and_where() {
+    let d = tempfile::tempdir().unwrap();
+    let state = d.path().join("state");
+    let _fs = Tmpfs::mount(&state, "2M");
+    common::run_ok(&state, &["list"]);
+    // Fill what is left.
+    let _ = Command::new("dd")
+        .args(["if=/dev/zero", "bs=1M", "count=8"])
+        .arg(format!("of={}", state.join("fill").display()))
+        .stderr(Stdio::null())
+        .status();
+    let out = common::run(&state, &["machine-id", "new", "--register", "vm/x"]);
+    let err = stderr(&out);
+    assert!(!out.status.success());
+    assert!(
+        err.contains(&format!(
+            "berth's state database {}: no space left on the device",
+            state.join("berth.db").display()
+        )),
+        "{err}"
+    );
+}

@@ -33,6 +33,9 @@ pub enum ContainerError {
     /// The disk engine (extracting an image's tree).
     #[error(transparent)]
     Disk(#[from] berth_disk::Error),
+    /// A file the user named (not a regular file, over its cap, not text).
+    #[error(transparent)]
+    File(#[from] berth_files::FileError),
     /// State.
     #[error(transparent)]
     State(#[from] berth_state::StateError),
@@ -329,10 +332,10 @@ impl Containers {
     ) -> Result<ContainerRecord, ContainerError> {
         self.check_new(&o.name, &o.limits, &o.network, &o.forwards, &o.disk)?;
         let user_text = match &o.cloud_init {
-            Some(p) => Some(
-                crate::vms::read_cloud_config(p)
-                    .map_err(|e| ContainerError::Invalid(e.to_string()))?,
-            ),
+            Some(p) => Some(crate::vms::read_cloud_config(p).map_err(|e| match e {
+                crate::vms::VmError::File(f) => ContainerError::File(f),
+                e => ContainerError::Invalid(e.to_string()),
+            })?),
             None => None,
         };
         Hierarchy::detect()?;

@@ -23,8 +23,14 @@ pub enum StateError {
         source: Box<dyn std::error::Error + Send + Sync>,
     },
     /// A query failed.
-    #[error("berth's state database")]
-    Db(#[from] rusqlite::Error),
+    #[error("berth's state database {}{}", path.display(), db_hint(source))]
+    Db {
+        /// The database file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: rusqlite::Error,
+    },
     /// The machine-id is already registered to something else.
     #[error("machine-id {id} is already registered to {holder}")]
     DuplicateId {
@@ -117,6 +123,17 @@ impl Registration {
 #[derive(Debug)]
 pub struct Store {
     conn: Connection,
+    path: PathBuf,
+}
+
+/// Plain words for a full disk, which SQLite calls "database or disk is full".
+fn db_hint(e: &rusqlite::Error) -> &'static str {
+    match e.sqlite_error_code() {
+        Some(rusqlite::ErrorCode::DiskFull) => {
+            ": no space left on the device that holds berth's data dir"
+        }
+        _ => "",
+    }
 }
 
 impl Store {
@@ -156,19 +173,33 @@ impl Store {
         migrations()
             .to_latest(&mut conn)
             .map_err(|e| err(Box::new(e)))?;
-        Ok(Store { conn })
+        Ok(Store { conn, path })
+    }
+
+    /// A query's error, naming the database.
+    fn db(&self, source: rusqlite::Error) -> StateError {
+        StateError::Db {
+            path: self.path.clone(),
+            source,
+        }
     }
 
     /// An in-memory store (tests).
     pub fn in_memory() -> Result<Store, StateError> {
-        let mut conn = Connection::open_in_memory()?;
+        let mut conn = Connection::open_in_memory().map_err(|e| StateError::Db {
+            path: ":memory:".into(),
+            source: e,
+        })?;
         migrations()
             .to_latest(&mut conn)
             .map_err(|e| StateError::Open {
                 path: ":memory:".into(),
                 source: Box::new(e),
             })?;
-        Ok(Store { conn })
+        Ok(Store {
+            conn,
+            path: ":memory:".into(),
+        })
     }
 
     fn now() -> i64 {
@@ -180,14 +211,14 @@ impl Store {
 
     /// Who holds `id`, if anyone.
     pub fn machine_id_holder(&self, id: &str) -> Result<Option<Registration>, StateError> {
-        Ok(self
-            .conn
+        self.conn
             .query_row(
                 "SELECT id, kind, name, created_at FROM machine_ids WHERE id = ?1",
                 params![id],
                 row_to_reg,
             )
-            .optional()?)
+            .optional()
+            .map_err(|e| self.db(e))
     }
 
     /// The id held by `kind/name`, if any.
@@ -196,14 +227,14 @@ impl Store {
         kind: &str,
         name: &str,
     ) -> Result<Option<Registration>, StateError> {
-        Ok(self
-            .conn
+        self.conn
             .query_row(
                 "SELECT id, kind, name, created_at FROM machine_ids WHERE kind = ?1 AND name = ?2",
                 params![kind, name],
                 row_to_reg,
             )
-            .optional()?)
+            .optional()
+            .map_err(|e| self.db(e))
     }
 
     /// Register `id` for `kind/name`; refuses an id held by anyone else, and a second id for
@@ -242,7 +273,7 @@ impl Store {
                     holder,
                 })
             }
-            Err(e) => Err(e.into()),
+            Err(e) => Err(self.db(e)),
         }
     }
 
@@ -272,19 +303,24 @@ impl Store {
 
     /// Forget the id of `kind/name` (when the guest is deleted). Returns whether one existed.
     pub fn release_machine_id(&self, kind: &str, name: &str) -> Result<bool, StateError> {
-        Ok(self.conn.execute(
-            "DELETE FROM machine_ids WHERE kind = ?1 AND name = ?2",
-            params![kind, name],
-        )? > 0)
+        Ok(self
+            .conn
+            .execute(
+                "DELETE FROM machine_ids WHERE kind = ?1 AND name = ?2",
+                params![kind, name],
+            )
+            .map_err(|e| self.db(e))?
+            > 0)
     }
 
     /// Every registration, oldest first.
     pub fn machine_ids(&self) -> Result<Vec<Registration>, StateError> {
         let mut st = self.conn.prepare(
             "SELECT id, kind, name, created_at FROM machine_ids ORDER BY created_at, kind, name",
-        )?;
-        let rows = st.query_map([], row_to_reg)?;
-        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        )
+            .map_err(|e| self.db(e))?;
+        let rows = st.query_map([], row_to_reg).map_err(|e| self.db(e))?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(|e| self.db(e))
     }
 }
 
@@ -299,27 +335,28 @@ impl Store {
             Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::ConstraintViolation => {
                 Err(StateError::NameTaken(row.name.clone()))
             }
-            Err(e) => Err(e.into()),
+            Err(e) => Err(self.db(e)),
         }
     }
 
     /// One instance.
     pub fn instance(&self, name: &str) -> Result<Option<InstanceRow>, StateError> {
-        Ok(self
+        self
             .conn
             .query_row(
                 "SELECT name, type, image, spec, desired, note, created_at FROM instances WHERE name = ?1",
                 params![name],
                 row_to_instance,
             )
-            .optional()?)
+            .optional()
+            .map_err(|e| self.db(e))
     }
 
     /// All instances by name.
     pub fn instances(&self) -> Result<Vec<InstanceRow>, StateError> {
-        let mut st = self.conn.prepare("SELECT name, type, image, spec, desired, note, created_at FROM instances ORDER BY name")?;
-        let rows = st.query_map([], row_to_instance)?;
-        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        let mut st = self.conn.prepare("SELECT name, type, image, spec, desired, note, created_at FROM instances ORDER BY name").map_err(|e| self.db(e))?;
+        let rows = st.query_map([], row_to_instance).map_err(|e| self.db(e))?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(|e| self.db(e))
     }
 
     /// Change what the user wants and why.
@@ -329,19 +366,23 @@ impl Store {
         desired: &str,
         note: &str,
     ) -> Result<(), StateError> {
-        self.conn.execute(
-            "UPDATE instances SET desired = ?2, note = ?3 WHERE name = ?1",
-            params![name, desired, note],
-        )?;
+        self.conn
+            .execute(
+                "UPDATE instances SET desired = ?2, note = ?3 WHERE name = ?1",
+                params![name, desired, note],
+            )
+            .map_err(|e| self.db(e))?;
         Ok(())
     }
 
     /// Replace an instance's stored runtime record.
     pub fn set_instance_spec(&self, name: &str, spec: &str) -> Result<(), StateError> {
-        self.conn.execute(
-            "UPDATE instances SET spec = ?2 WHERE name = ?1",
-            params![name, spec],
-        )?;
+        self.conn
+            .execute(
+                "UPDATE instances SET spec = ?2 WHERE name = ?1",
+                params![name, spec],
+            )
+            .map_err(|e| self.db(e))?;
         Ok(())
     }
 
@@ -349,7 +390,8 @@ impl Store {
     pub fn delete_instance(&self, name: &str) -> Result<bool, StateError> {
         Ok(self
             .conn
-            .execute("DELETE FROM instances WHERE name = ?1", params![name])?
+            .execute("DELETE FROM instances WHERE name = ?1", params![name])
+            .map_err(|e| self.db(e))?
             > 0)
     }
 }
