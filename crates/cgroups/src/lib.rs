@@ -151,6 +151,31 @@ impl Hierarchy {
         })
     }
 
+    /// Every v1 hierarchy of mountinfo's text (controllers berth does not manage, such as
+    /// freezer, and named ones such as `name=systemd`, included): where it is mounted, and the
+    /// name `/proc/PID/cgroup` gives it (its controllers and name, comma-joined, in mount order).
+    pub fn v1_mounts(text: &str) -> Vec<(String, PathBuf)> {
+        text.lines()
+            .filter_map(|line| {
+                let fields: Vec<&str> = line.split(' ').collect();
+                let dash = fields.iter().position(|f| *f == "-")?;
+                if *fields.get(dash + 1)? != "cgroup" {
+                    return None;
+                }
+                let superopts = fields.get(dash + 3)?;
+                let names: Vec<&str> = superopts
+                    .split(',')
+                    .filter(|o| {
+                        !matches!(*o, "rw" | "ro" | "noprefix" | "clone_children" | "xattr")
+                            && !o.starts_with("release_agent=")
+                            && !o.starts_with("cpuset_v2_mode")
+                    })
+                    .collect();
+                Some((names.join(","), unescape(fields.get(4)?)))
+            })
+            .collect()
+    }
+
     /// Read the host's own hierarchy from `/proc/self/mountinfo`.
     pub fn detect() -> Result<Hierarchy, CgroupError> {
         let path = Path::new("/proc/self/mountinfo");

@@ -277,3 +277,20 @@ fn v1_create_makes_missing_parents_and_copies_cpusets_down() {
     assert!(e.to_string().contains("gone"), "{e}");
     assert!(!t.path().join("gone").exists());
 }
+
+#[test]
+fn every_v1_hierarchy_is_listed_with_its_proc_cgroup_name() {
+    let all = Hierarchy::v1_mounts(HYBRID);
+    assert!(all.contains(&("name=systemd".into(), "/sys/fs/cgroup/systemd".into())));
+    assert!(all.contains(&("cpu".into(), "/sys/fs/cgroup/cpu".into())));
+    assert!(!all
+        .iter()
+        .any(|(_, p)| p == Path::new("/sys/fs/cgroup/unified")));
+    let merged = Hierarchy::v1_mounts(MERGED_CPU);
+    assert_eq!(
+        merged[0],
+        ("cpu,cpuacct".into(), "/sys/fs/cgroup/cpu,cpuacct".into())
+    );
+    assert_eq!(merged[2].1, Path::new("/mnt/odd dir"));
+    assert!(Hierarchy::v1_mounts(UNIFIED).is_empty());
+}

@@ -129,33 +129,6 @@ impl Runtime {
         })
     }
 
-    /// Run `args` inside the running container `id` (joining its namespaces and cgroup) and wait
-    /// for it: its exit status, or 128 + the signal that ended it.
-    pub fn exec(
-        &self,
-        id: &str,
-        args: Vec<String>,
-        env: Vec<(String, String)>,
-    ) -> Result<i32, RuntimeError> {
-        let lc = |what| {
-            move |e: libcontainer::error::LibcontainerError| RuntimeError::Libcontainer {
-                id: id.to_string(),
-                what,
-                source: Box::new(e),
-            }
-        };
-        let pid = ContainerBuilder::new(id.to_string(), SyscallType::default())
-            .with_root_path(&self.root)
-            .map_err(lc("state folder"))?
-            .as_tenant()
-            .with_container_args(args)
-            .with_env(env.into_iter().collect())
-            .with_detach(false)
-            .build()
-            .map_err(lc("exec"))?;
-        wait_pid(id, pid.as_raw())
-    }
-
     /// Remove what libcontainer keeps of `id` (its state and cgroup), killing what is left.
     /// Idempotent.
     pub fn delete(&self, id: &str) -> Result<(), RuntimeError> {

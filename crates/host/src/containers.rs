@@ -780,25 +780,23 @@ impl Containers {
                 "{name} is not running (berth start {name})"
             )));
         }
-        // `berth run`'s containers run on berth's own runtime: join the command's namespaces
-        // and group, with its credentials, capabilities and filter. So do commands in a system
-        // container with a user namespace: libcontainer 0.7's exec (its tenant builder) joins
-        // every namespace but that one, so they ran as the host's root.
-        if !rec.system || rec.id_base.is_some() {
-            let cgroup = Cgroup::new(Hierarchy::detect()?, &rec.cgroup);
-            let root = self.dir(name).join("rootfs");
-            let plan = if rec.system {
-                system_plan(name, &rec, &root, &cgroup, None)
-            } else {
-                run_plan(name, &rec, &root, &cgroup)
-            };
-            let spec = spec::build(&plan)?;
-            let prepared = direct::prepare(&spec, &cgroup_views(&cgroup))?;
-            return Ok(prepared.exec_in(rec.pid.unwrap_or(0), &args)?);
-        }
-        Ok(self
-            .runtime()
-            .exec(name, args, vec![("container".into(), "berth".into())])?)
+        // Every command berth starts in a container goes through berth's own runtime: it joins
+        // the container's namespaces (the user namespace last) and cgroup, with the container's
+        // credentials, capabilities, no_new_privs and seccomp filter. libcontainer 0.7's exec
+        // (its tenant builder) is not used: it joins every namespace but the user namespace (so
+        // commands ran as the host's root) and loads no seccomp filter for a privileged system
+        // container (`Seccomp: 0`, so keyctl and unshare -U worked there).
+        let cgroup = Cgroup::new(Hierarchy::detect()?, &rec.cgroup);
+        let root = self.dir(name).join("rootfs");
+        let plan = if rec.system {
+            system_plan(name, &rec, &root, &cgroup, None)
+        } else {
+            run_plan(name, &rec, &root, &cgroup)
+        };
+        let spec = spec::build(&plan)?;
+        let pid = rec.pid.unwrap_or(0);
+        let prepared = direct::prepare(&spec, &exec_views(&cgroup, pid))?;
+        Ok(prepared.exec_in(pid, &args)?)
     }
 
     /// Stop a container: SIGRTMIN+3 to systemd (a clean halt) or SIGTERM to a command, SIGKILL
@@ -1182,6 +1180,49 @@ fn cgroup_views(cgroup: &Cgroup) -> Vec<direct::CgroupView> {
             direct::CgroupView { host, name }
         })
         .collect()
+}
+
+/// The groups a command berth starts in a running container joins: berth's own (those of its
+/// limits), and on v1 every other hierarchy in which the container's first process `pid` lives
+/// under the container's group: freezer (libcontainer's), and name=systemd (where berth put the
+/// system container's systemd). So the command is in the container's cgroup namespace root in
+/// every hierarchy, not at the host's root in some.
+fn exec_views(cgroup: &Cgroup, pid: u32) -> Vec<direct::CgroupView> {
+    let mut views = cgroup_views(cgroup);
+    if cgroup.hierarchy().version() != berth_cgroups::Version::V1 {
+        return views;
+    }
+    let (Ok(mountinfo), Ok(theirs)) = (
+        std::fs::read_to_string("/proc/self/mountinfo"),
+        std::fs::read_to_string(format!("/proc/{pid}/cgroup")),
+    ) else {
+        return views;
+    };
+    let set = |s: &str| -> std::collections::BTreeSet<String> {
+        s.split(',').map(str::to_string).collect()
+    };
+    let group = Path::new("/").join(cgroup.relative());
+    let mounts = Hierarchy::v1_mounts(&mountinfo);
+    for line in theirs.lines() {
+        let mut f = line.splitn(3, ':');
+        let (Some(_), Some(names), Some(path)) = (f.next(), f.next(), f.next()) else {
+            continue;
+        };
+        if names.is_empty() || !Path::new(path).starts_with(&group) {
+            continue;
+        }
+        let Some((_, mount)) = mounts.iter().find(|(n, _)| set(n) == set(names)) else {
+            continue;
+        };
+        let host = mount.join(cgroup.relative());
+        if host.is_dir() && !views.iter().any(|v| v.host == host) {
+            views.push(direct::CgroupView {
+                host,
+                name: Some(names.to_string()),
+            });
+        }
+    }
+    views
 }
 
 /// Where the v1 name=systemd hierarchy is mounted, on hosts whose controllers are on v1.
