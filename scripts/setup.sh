@@ -13,6 +13,7 @@ packages=(
   tzdata          # time zone names for cloud-config checks
   qemu-system-x86 # the VMs themselves, and the accelerator probe
   qemu-system-data
+  passt           # the VMs' network (QEMU's user-mode NAT let guests reach the host's loopback)
   seabios
   ipxe-qemu
   debootstrap     # builds the Debian guest images

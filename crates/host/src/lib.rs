@@ -6,4 +6,5 @@ pub mod containers;
 pub mod dirs;
 pub mod images;
 pub mod machine_ids;
+mod passt;
 pub mod vms;

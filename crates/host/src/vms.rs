@@ -388,6 +388,14 @@ pub fn qemu_pid(rec: &VmRecord) -> Option<i32> {
         .then_some(pid)
 }
 
+/// Where a VM's passt listens: its spec's socket, or (for records made before passt) beside its
+/// QMP socket.
+fn passt_socket(spec: &VmSpec) -> PathBuf {
+    spec.passt_socket
+        .clone()
+        .unwrap_or_else(|| spec.qmp_socket.with_file_name("net").join("passt.sock"))
+}
+
 /// Kernel parameters for a guest's first boot only (see [`Vms::spawn`]): the last of `ro` and
 /// `rw` wins, in the kernel and in both of the image's initrd inits.
 const FIRST_BOOT_CMDLINE: &str = " rw";
@@ -413,18 +421,48 @@ fn cloud_init_errors(text: &str) -> Result<Vec<String>, String> {
         .collect())
 }
 
-/// Whether an SSH server answers on loopback `port` with its identification line within
-/// `wait`. Through QEMU's user-mode NAT the host side always accepts: a guest port nobody listens
-/// on closes the connection, a guest without an address yet leaves it silent.
-fn ssh_banner(port: u16, wait: Duration) -> bool {
-    use std::io::Read;
+/// Whether an SSH server answers on loopback `port` with its identification line, on one
+/// connection held for up to `wait` (read in short slices, so that `alive` can say QEMU has
+/// gone). passt accepts on the host side at once and connects to the guest only when the client
+/// has sent something, so berth sends its own identification first; it then holds the
+/// connection until the guest answers or passt gives up on it (about 10 s while the guest has no
+/// address), rather than opening new ones: this passt (Debian 12's) spins on the CPU, taking it
+/// from the booting guest, when clients close connections it is still opening.
+fn ssh_banner(port: u16, wait: Duration, alive: &dyn Fn() -> bool) -> bool {
+    use std::io::{Read, Write};
+    let start = Instant::now();
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-    let Ok(mut s) = std::net::TcpStream::connect_timeout(&addr, wait) else {
+    let slice = Duration::from_millis(500);
+    let Ok(mut s) = std::net::TcpStream::connect_timeout(&addr, slice.min(wait)) else {
         return false;
     };
-    let _ = s.set_read_timeout(Some(wait));
+    if s.write_all(b"SSH-2.0-berth-probe\r\n").is_err() {
+        return false;
+    }
     let mut buf = [0u8; 4];
-    s.read_exact(&mut buf).is_ok() && &buf == b"SSH-"
+    let mut got = 0;
+    loop {
+        let left = wait.saturating_sub(start.elapsed());
+        if left.is_zero() || !alive() {
+            return false;
+        }
+        let _ = s.set_read_timeout(Some(slice.min(left)));
+        match s.read(&mut buf[got..]) {
+            Ok(0) => return false,
+            Ok(n) => {
+                got += n;
+                if got == buf.len() {
+                    return &buf == b"SSH-";
+                }
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => return false,
+        }
+    }
 }
 
 fn ssh_base(rec: &VmRecord, dir: &Path) -> Command {
@@ -687,6 +725,7 @@ impl Vms {
                 tcg_cpu: (!image.recipe.starts_with(crate::images::IMPORTED_RECIPE))
                     .then(|| berth_qemu::vm::TCG_CPU_BASELINE.to_string()),
                 pidfile: dir.join("qemu.pid"),
+                passt_socket: Some(dir.join("net").join("passt.sock")),
             };
             let rec = VmRecord {
                 spec,
@@ -802,22 +841,33 @@ impl Vms {
         ] {
             let _ = std::fs::remove_file(p);
         }
-        let out = Command::new(qemu)
-            .args(spec.argv())
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|e| VmError::QemuStart(format!("{}: {e}", qemu.display())))?;
-        if !out.status.success() {
-            return Err(VmError::QemuStart(
-                String::from_utf8_lossy(&out.stderr).trim().to_string(),
-            ));
+        // A guest made before berth used passt moves to it now (QEMU's user-mode NAT let it
+        // reach the host's loopback).
+        let socket = passt_socket(&spec);
+        spec.passt_socket = Some(socket.clone());
+        crate::passt::start(&spec).map_err(VmError::QemuStart)?;
+        let started = (|| {
+            let out = Command::new(qemu)
+                .args(spec.argv())
+                .stdin(Stdio::null())
+                .output()
+                .map_err(|e| VmError::QemuStart(format!("{}: {e}", qemu.display())))?;
+            if !out.status.success() {
+                return Err(VmError::QemuStart(
+                    String::from_utf8_lossy(&out.stderr).trim().to_string(),
+                ));
+            }
+            if qemu_pid(rec).is_none() {
+                return Err(VmError::QemuStart(
+                    "QEMU exited right after starting (see the console log)".into(),
+                ));
+            }
+            Ok(())
+        })();
+        if started.is_err() {
+            crate::passt::end(&socket);
         }
-        if qemu_pid(rec).is_none() {
-            return Err(VmError::QemuStart(
-                "QEMU exited right after starting (see the console log)".into(),
-            ));
-        }
-        Ok(())
+        started
     }
 
     /// Wait until SSH answers and cloud-init is done.
@@ -848,14 +898,15 @@ impl Vms {
             ))
         };
         progress("waiting for SSH");
-        // First the guest's sshd banner on the forwarded port, polled often and cheaply: an SSH
-        // login attempt before sshd listens costs seconds (slirp holds the connection while the
-        // guest has no address yet) and a failed one was followed by a 1 s pause.
+        // First the guest's sshd banner on the forwarded port, cheaply: an SSH login attempt
+        // before sshd listens costs seconds and a failed one was followed by a 1 s pause.
+        let alive = || qemu_pid(rec).is_some();
         loop {
-            if qemu_pid(rec).is_none() {
+            if !alive() {
                 return Err(stopped());
             }
-            if ssh_banner(rec.ssh_port, Duration::from_millis(500)) {
+            let left = limit.saturating_sub(start.elapsed());
+            if ssh_banner(rec.ssh_port, left.min(Duration::from_secs(30)), &alive) {
                 break;
             }
             if start.elapsed() > limit {
@@ -1002,6 +1053,7 @@ impl Vms {
                 self.wait_gone(rec, Duration::from_secs(5));
             }
         }
+        crate::passt::end(&passt_socket(&rec.spec));
         Ok(())
     }
 
@@ -1031,6 +1083,8 @@ impl Vms {
             }
             self.kill(name, &rec)?;
         }
+        // A passt whose QEMU never connected (berth killed between the two) ends here.
+        crate::passt::end(&passt_socket(&rec.spec));
         let dir = self.dir(name);
         if dir.exists() {
             std::fs::remove_dir_all(&dir).map_err(io("removing", &dir))?;
@@ -1118,7 +1172,7 @@ mod tests {
             let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             let port = l.local_addr().unwrap().port();
             let t = std::thread::spawn(move || serve(l.accept().unwrap().0));
-            let seen = ssh_banner(port, wait);
+            let seen = ssh_banner(port, wait, &|| true);
             t.join().unwrap();
             seen
         }
@@ -1127,9 +1181,17 @@ mod tests {
         assert!(check(wait, |mut c| c
             .write_all(b"SSH-2.0-OpenSSH_9.2p1\r\n")
             .unwrap()));
-        // slirp with nothing listening in the guest: accepts, then closes.
+        // sshd that reads berth's identification before it answers.
+        assert!(check(wait, |mut c| {
+            use std::io::Read;
+            let mut id = [0u8; 21];
+            c.read_exact(&mut id).unwrap();
+            assert_eq!(&id, b"SSH-2.0-berth-probe\r\n");
+            c.write_all(b"SSH-2.0-OpenSSH_9.2p1\r\n").unwrap()
+        }));
+        // Nothing listening in the guest: accepted, then closed.
         assert!(!check(wait, drop));
-        // slirp with a guest that has no address yet: accepts and stays silent.
+        // A guest that has no address yet: accepted, silent.
         assert!(!check(Duration::from_millis(200), |c| {
             std::thread::sleep(Duration::from_millis(800));
             drop(c);

@@ -5,5 +5,6 @@
 //! Not for: talking to a running QEMU (that is `berth-qmp`), or storing instances (`berth-host`).
 
 pub mod host;
+pub mod passt;
 pub mod probe;
 pub mod vm;

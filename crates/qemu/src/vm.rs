@@ -101,6 +101,10 @@ pub struct VmSpec {
     /// away: that broke guest boots here.
     #[serde(default)]
     pub tcg_cpu: Option<String>,
+    /// passt's socket (see [`crate::passt`]); `None` in records made before berth used passt,
+    /// which berth moves to passt when it starts them again.
+    #[serde(default)]
+    pub passt_socket: Option<PathBuf>,
 }
 
 /// The TCG CPU model for guests whose userland needs only the x86-64 baseline (berth's own
@@ -237,11 +241,18 @@ impl VmSpec {
                 }
             }
         }
-        // Network: user-mode NAT with loopback-only forwards.
-        let mut netdev = "user,id=net0".to_string();
-        for f in &self.forwards {
-            netdev.push_str(&format!(",hostfwd=tcp:127.0.0.1:{}-:{}", f.host, f.guest));
-        }
+        // Network: passt on its socket (the forwards are passt's). QEMU's user-mode NAT only
+        // for a spec without one, which would let the guest reach the host's loopback.
+        let netdev = match &self.passt_socket {
+            Some(s) => crate::passt::netdev(s),
+            None => {
+                let mut n = "user,id=net0".to_string();
+                for f in &self.forwards {
+                    n.push_str(&format!(",hostfwd=tcp:127.0.0.1:{}-:{}", f.host, f.guest));
+                }
+                n
+            }
+        };
         push(&mut a, &["-netdev", &netdev]);
         let nic = match self.kind {
             Kind::Full => "e1000,netdev=net0,romfile=",
@@ -376,6 +387,7 @@ mod tests {
             console_log: "/run/console.log".into(),
             pidfile: "/run/qemu.pid".into(),
             tcg_cpu: None,
+            passt_socket: Some("/run/passt.sock".into()),
         }
     }
 
@@ -440,8 +452,21 @@ mod tests {
         assert!(a
             .iter()
             .any(|x| x.contains("systemd.machine_id=0123456789abcdef0123456789abcdef")));
+        // passt, never QEMU's user-mode NAT, whose gateway is the host's loopback.
         assert!(has_pair(
             &a,
+            "-netdev",
+            "stream,id=net0,server=off,addr.type=unix,addr.path=/run/passt.sock"
+        ));
+        assert!(!a
+            .iter()
+            .any(|x| x.contains("hostfwd") || x.starts_with("user,")));
+        // A record from before passt, as stored, still builds (berth moves it to passt when it
+        // starts it).
+        let mut old = spec(Kind::Hybrid, Accel::Tcg);
+        old.passt_socket = None;
+        assert!(has_pair(
+            &old.argv(),
             "-netdev",
             "user,id=net0,hostfwd=tcp:127.0.0.1:40022-:22,hostfwd=tcp:127.0.0.1:8080-:80"
         ));
