@@ -866,3 +866,138 @@ fn a_reader_that_goes_away_does_not_lose_the_container() {
     assert!(!names().contains(&name));
     assert!(!cgroup_of(&name).exists());
 }
+
+/// `nft list ruleset` in network namespace `ns`.
+fn ruleset_in(ns: &str) -> String {
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", ns, "nft", "list", "ruleset"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Regression for issue 13 item 8: the last container of one data dir tore down the bridge and
+/// rules that another data dir's containers used; the iptables fallback left empty `filter` and
+/// `nat` tables on a host that had none, and base chains in libvirt's `ip nat`; berth asked
+/// /sys (another namespace's, under nsenter) whether its bridge existed. Two data dirs side by
+/// side, in a namespace of their own, from no tables and from libvirt's: distinct addresses, the
+/// bridge kept while either has a container, and the firewall exactly as before at the end.
+#[test]
+fn two_data_dirs_share_the_bridge_and_the_firewall_is_put_back_exactly() {
+    e2e_image();
+    let id = std::process::id();
+    let ns = format!("berth-dd{id}");
+    struct Ns(String);
+    impl Drop for Ns {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("ip")
+                .args(["netns", "del", &self.0])
+                .status();
+        }
+    }
+    let _ = std::process::Command::new("ip")
+        .args(["netns", "del", &ns])
+        .status();
+    assert!(std::process::Command::new("ip")
+        .args(["netns", "add", &ns])
+        .status()
+        .unwrap()
+        .success());
+    let _ns = Ns(ns.clone());
+    let second = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(e2e_dir().join("images"), second.path().join("images")).unwrap();
+    let dirs = [e2e_dir(), second.path().to_path_buf()];
+    let berth_ns = |dir: &std::path::Path, args: &[&str]| {
+        std::process::Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{ns}"))
+            .arg(env!("CARGO_BIN_EXE_berth"))
+            .args(args)
+            .env("BERTH_DIR", dir)
+            .env("BERTH_FIREWALL", "iptables")
+            .output()
+            .unwrap()
+    };
+    let libvirt = "table ip nat {\n\tchain LIBVIRT_PRT {\n\t\tip saddr 192.168.122.0/24 ip daddr != 192.168.122.0/24 masquerade\n\t}\n\n\tchain POSTROUTING {\n\t\ttype nat hook postrouting priority srcnat; policy accept;\n\t\tjump LIBVIRT_PRT\n\t}\n}\n";
+    for start in ["", libvirt] {
+        if !start.is_empty() {
+            let mut c = std::process::Command::new("ip")
+                .args(["netns", "exec", &ns, "nft", "-f", "-"])
+                .stdin(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            use std::io::Write;
+            c.stdin.take().unwrap().write_all(start.as_bytes()).unwrap();
+            assert!(c.wait().unwrap().success());
+        }
+        let before = ruleset_in(&ns);
+        let names = [format!("ct-dd-a-{id}"), format!("ct-dd-b-{id}")];
+        let mut runs = Vec::new();
+        for (dir, name) in dirs.iter().zip(&names) {
+            runs.push(
+                std::process::Command::new("nsenter")
+                    .arg(format!("--net=/run/netns/{ns}"))
+                    .arg(env!("CARGO_BIN_EXE_berth"))
+                    .args(["run", "--name", name, "--network", "bridge"])
+                    .args(["debian-12", "--", "sleep", "300"])
+                    .env("BERTH_DIR", dir)
+                    .env("BERTH_FIREWALL", "iptables")
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null())
+                    .spawn()
+                    .unwrap(),
+            );
+        }
+        let mut addrs = Vec::new();
+        for (dir, name) in dirs.iter().zip(&names) {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+            loop {
+                let out = berth_ns(dir, &["info", "--json", name]);
+                if out.status.success() {
+                    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+                    if v["state"]["state"] == "running" && v["address"].is_string() {
+                        addrs.push(v["address"].as_str().unwrap().to_string());
+                        break;
+                    }
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "{name} did not come up"
+                );
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+        }
+        assert_ne!(addrs[0], addrs[1], "two data dirs gave out one address");
+        // The first data dir's container goes: the second's keeps the bridge and its rules.
+        let out = berth_ns(&dirs[0], &["delete", "--force", &names[0]]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let ports = std::process::Command::new("ip")
+            .args(["-n", &ns, "-o", "link", "show", "master", "berth0"])
+            .output()
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&ports.stdout).lines().count(),
+            1,
+            "the other data dir's container lost its bridge"
+        );
+        assert!(ruleset_in(&ns).contains("BERTH-POST"));
+        let out = berth_ns(&dirs[1], &["delete", "--force", &names[1]]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        for mut r in runs {
+            let _ = r.wait();
+        }
+        assert_eq!(ruleset_in(&ns), before, "the firewall is not as it was");
+        let link = std::process::Command::new("ip")
+            .args(["-n", &ns, "link", "show", "berth0"])
+            .output()
+            .unwrap();
+        assert!(!link.status.success(), "berth0 is left");
+    }
+}

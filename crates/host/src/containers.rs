@@ -556,23 +556,24 @@ impl Containers {
             return Ok(());
         }
         let net = berth_net::Host::detect();
-        let lock_path = self.dirs.root.join("net.lock");
-        let lock = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(io("opening", &lock_path))?;
-        rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive)
-            .map_err(|e| io("locking", &lock_path)(e.into()))?;
+        let _lock = host_net_lock()?;
         net.ensure_bridge()?;
+        let key = self.net_key(name);
+        // Addresses are the bridge's, host-wide: this data dir's and every live lease of the
+        // others (a lease lives while its veth does).
+        let leased = berth_net::leases::live(&key);
+        let taken = |a: &std::net::Ipv4Addr| leased.contains(a);
+        if rec.address.as_ref().is_some_and(taken) {
+            rec.address = None;
+        }
         if rec.address.is_none() {
-            let used: Vec<std::net::Ipv4Addr> = self
+            let mut used: Vec<std::net::Ipv4Addr> = self
                 .list()?
                 .into_iter()
                 .filter(|(row, _, _)| row.name != name)
                 .filter_map(|(_, r, _)| r.address)
                 .collect();
+            used.extend(leased.iter().copied());
             rec.address = Some(berth_net::allocate(&net.bridge, &used)?);
             self.store.set_instance_spec(
                 name,
@@ -580,7 +581,13 @@ impl Containers {
             )?;
         }
         let addr = rec.address.expect("allocated above");
-        net.attach(name, rec.pid.unwrap_or(0), addr, rec.limits.net_rate)?;
+        berth_net::leases::take(addr, &key);
+        net.attach(
+            &self.net_key(name),
+            rec.pid.unwrap_or(0),
+            addr,
+            rec.limits.net_rate,
+        )?;
         for (host, port) in &rec.forwards {
             net.remove_forward(*host, addr, *port)?;
             net.add_forward(*host, addr, *port)?;
@@ -605,15 +612,12 @@ impl Containers {
                 net.remove_forward(*host, addr, *port)?;
             }
         }
-        net.detach(name)?;
-        if last {
-            let others = self
-                .list()?
-                .into_iter()
-                .any(|(row, r, _)| row.name != name && r.network == "bridge");
-            if !others {
-                net.teardown_bridge()?;
-            }
+        let _lock = host_net_lock()?;
+        net.detach(&self.net_key(name))?;
+        // The bridge is host-wide: it goes only when no container of any data dir is on it,
+        // which the kernel knows (its ports), not this data dir's records.
+        if last && net.bridge_up() && net.bridge_ports() == 0 {
+            net.teardown_bridge()?;
         }
         Ok(())
     }
@@ -645,6 +649,12 @@ impl Containers {
             berth_cgroups::remove_tree(&g)?;
         }
         Ok(())
+    }
+
+    /// The container's name on the host's network (its veth names and lease): unique across
+    /// data dirs, which may hold containers of the same name.
+    fn net_key(&self, name: &str) -> String {
+        format!("{}/{name}", self.dirs.root.display())
     }
 
     fn layer_dir(&self, name: &str) -> PathBuf {
@@ -874,7 +884,11 @@ impl Containers {
             cgroup.apply(&new, &io, Some((&old, &rec.io)))?;
             rec.io = io;
             if new.net_rate != old.net_rate {
-                berth_net::Host::detect().shape(name, rec.pid.unwrap_or(0), new.net_rate)?;
+                berth_net::Host::detect().shape(
+                    &self.net_key(name),
+                    rec.pid.unwrap_or(0),
+                    new.net_rate,
+                )?;
             }
         }
         rec.limits = new.clone();
@@ -928,7 +942,7 @@ impl Containers {
         if rec.network != "bridge" || !self.is_running(rec) {
             return None;
         }
-        let (host, _) = berth_net::veth_names(name);
+        let (host, _) = berth_net::veth_names(&self.net_key(name));
         let stat = |f: &str| -> Option<u64> {
             std::fs::read_to_string(format!("/sys/class/net/{host}/statistics/{f}"))
                 .ok()?
@@ -1180,6 +1194,23 @@ fn cgroup_views(cgroup: &Cgroup) -> Vec<direct::CgroupView> {
             direct::CgroupView { host, name }
         })
         .collect()
+}
+
+/// The host-wide lock for berth's bridge, its rules and its addresses (all data dirs share
+/// them).
+fn host_net_lock() -> Result<std::fs::File, ContainerError> {
+    let dir = Path::new("/run/berth");
+    std::fs::create_dir_all(dir).map_err(io("creating", dir))?;
+    let lock_path = dir.join("net.lock");
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(io("opening", &lock_path))?;
+    rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive)
+        .map_err(|e| io("locking", &lock_path)(e.into()))?;
+    Ok(lock)
 }
 
 /// The groups a command berth starts in a running container joins: berth's own (those of its

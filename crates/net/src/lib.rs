@@ -12,6 +12,8 @@
 //! calls the tools rather than speaking netlink itself: each step is one documented command a
 //! user can repeat by hand, and none is on a hot path.)
 
+pub mod restore;
+
 use std::net::Ipv4Addr;
 use std::process::Command;
 
@@ -355,6 +357,55 @@ pub struct Host {
     pub firewall: Firewall,
 }
 
+/// Where berth notes, per network namespace, which tables existed before its iptables rules.
+fn tables_note() -> Option<std::path::PathBuf> {
+    use std::os::unix::fs::MetadataExt;
+    let ns = std::fs::metadata("/proc/self/ns/net").ok()?.ino();
+    Some(std::path::PathBuf::from(format!(
+        "/run/berth/iptables-before-{ns}"
+    )))
+}
+
+/// The tables of [`restore::TABLES`] as nftables has them now; `None` without `nft` (legacy
+/// iptables: its tables are the kernel's and cannot be removed).
+fn tables_now() -> Option<restore::Snapshot> {
+    if !has("nft") {
+        return None;
+    }
+    Some(
+        restore::TABLES
+            .iter()
+            .map(|t| {
+                let listing = run("nft", &s(&["list", "table", "ip", t])).ok();
+                (t.to_string(), listing.map(|l| restore::chains(&l)))
+            })
+            .collect(),
+    )
+}
+
+/// Note what exists before berth's iptables rules are set up (kept if already noted).
+fn note_tables_before() {
+    let (Some(path), Some(now)) = (tables_note(), tables_now()) else {
+        return;
+    };
+    if path.exists() {
+        return;
+    }
+    let _ = std::fs::create_dir_all("/run/berth");
+    let _ = std::fs::write(path, restore::encode(&now));
+}
+
+/// Whether a link of that name exists, asked of the kernel in this process's network namespace
+/// (SIOCGIFINDEX on a socket made here). /sys/class/net is the wrong question: under `nsenter
+/// --net` it still shows the namespace whose sysfs is mounted.
+pub fn link_exists(name: &str) -> bool {
+    use rustix::net::{socket, AddressFamily, SocketType};
+    let Ok(sock) = socket(AddressFamily::INET, SocketType::DGRAM, None) else {
+        return false;
+    };
+    rustix::net::netdevice::name_to_index(&sock, name).is_ok()
+}
+
 fn run(program: &str, args: &[String]) -> Result<String, NetError> {
     run_input(program, args, None)
 }
@@ -418,11 +469,21 @@ impl Host {
         }
     }
 
-    /// Whether the bridge exists.
+    /// Whether the bridge exists in this process's network namespace.
     pub fn bridge_up(&self) -> bool {
-        std::path::Path::new("/sys/class/net")
-            .join(&self.bridge.name)
-            .exists()
+        link_exists(&self.bridge.name)
+    }
+
+    /// How many links the bridge has as ports (containers of every data dir on this host),
+    /// asked of the kernel (`ip -o link show master`): the one count that no data dir can get
+    /// wrong for another.
+    pub fn bridge_ports(&self) -> usize {
+        run(
+            "ip",
+            &s(&["-o", "link", "show", "master", &self.bridge.name]),
+        )
+        .map(|out| out.lines().filter(|l| !l.trim().is_empty()).count())
+        .unwrap_or(0)
     }
 
     /// Create the bridge, its address and berth's NAT rules, unless they are there already.
@@ -445,8 +506,14 @@ impl Host {
             }
             Firewall::Iptables => {
                 if run("iptables", &s(&["-t", "nat", "-S", "BERTH-POST"])).is_err() {
-                    for c in iptables_setup(&self.bridge) {
-                        run("iptables", &c)?;
+                    note_tables_before();
+                    let set_up = iptables_setup(&self.bridge)
+                        .iter()
+                        .try_for_each(|c| run("iptables", c).map(drop));
+                    if let Err(e) = set_up {
+                        // Half set up: put everything back before reporting it.
+                        self.iptables_teardown();
+                        return Err(e);
                     }
                 }
             }
@@ -462,18 +529,34 @@ impl Host {
                     run("nft", &s(&["delete", "table", "ip", "berth"]))?;
                 }
             }
-            Firewall::Iptables => {
-                if run("iptables", &s(&["-t", "nat", "-S", "BERTH-POST"])).is_ok() {
-                    for c in iptables_teardown(&self.bridge) {
-                        let _ = run("iptables", &c);
-                    }
-                }
-            }
+            Firewall::Iptables => self.iptables_teardown(),
         }
         if self.bridge_up() {
             run("ip", &s(&["link", "del", &self.bridge.name]))?;
         }
         restore_forwarding()
+    }
+
+    /// Remove berth's iptables chains, then what creating them made (nf_tables' base chains and
+    /// tables that were not there before). Idempotent.
+    fn iptables_teardown(&self) {
+        if run("iptables", &s(&["-t", "nat", "-S", "BERTH-POST"])).is_ok()
+            || run("iptables", &s(&["-S", "BERTH-FWD"])).is_ok()
+        {
+            for c in iptables_teardown(&self.bridge) {
+                let _ = run("iptables", &c);
+            }
+        }
+        let Some(path) = tables_note() else { return };
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            return;
+        };
+        if let Some(now) = tables_now() {
+            for c in restore::plan(&restore::decode(&text), &now) {
+                let _ = run("nft", &c);
+            }
+        }
+        let _ = std::fs::remove_file(path);
     }
 
     /// Give a container (its init is `pid`, in its own network namespace) its `eth0`.
@@ -520,10 +603,9 @@ impl Host {
     /// namespace has just died, the kernel may be removing the pair at the same moment.
     pub fn detach(&self, container: &str) -> Result<(), NetError> {
         let (host, _) = veth_names(container);
-        let dev = std::path::Path::new("/sys/class/net").join(&host);
-        if dev.exists() {
+        if link_exists(&host) {
             if let Err(e) = run("ip", &s(&["link", "del", &host])) {
-                if dev.exists() {
+                if link_exists(&host) {
                     return Err(e);
                 }
             }
@@ -710,5 +792,57 @@ mod tests {
             .iter()
             .any(|l| l.contains("route add default via 10.87.0.1")));
         assert_eq!(text.iter().filter(|l| l.contains("tbf")).count(), 2);
+    }
+}
+
+/// Host-wide address leases of berth's bridge, shared by every data dir: one file per network
+/// namespace under /run/berth, a line `ADDR KEY` per container, where KEY names the container
+/// across data dirs. A lease lives while the container's veth does. Callers hold berth's
+/// host-wide network lock.
+pub mod leases {
+    use std::net::Ipv4Addr;
+
+    fn file() -> Option<std::path::PathBuf> {
+        use std::os::unix::fs::MetadataExt;
+        let ns = std::fs::metadata("/proc/self/ns/net").ok()?.ino();
+        Some(format!("/run/berth/leases-{ns}").into())
+    }
+
+    fn read() -> Vec<(Ipv4Addr, String)> {
+        let Some(f) = file() else { return Vec::new() };
+        std::fs::read_to_string(f)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| {
+                let (a, k) = l.split_once(' ')?;
+                Some((a.parse().ok()?, k.to_string()))
+            })
+            .collect()
+    }
+
+    fn write(all: &[(Ipv4Addr, String)]) {
+        let Some(f) = file() else { return };
+        let _ = std::fs::create_dir_all("/run/berth");
+        let text: String = all.iter().map(|(a, k)| format!("{a} {k}\n")).collect();
+        let _ = std::fs::write(f, text);
+    }
+
+    /// Addresses leased to other containers whose veth still exists.
+    pub fn live(except: &str) -> Vec<Ipv4Addr> {
+        read()
+            .into_iter()
+            .filter(|(_, k)| k != except && super::link_exists(&super::veth_names(k).0))
+            .map(|(a, _)| a)
+            .collect()
+    }
+
+    /// Lease `addr` to `key` (dropping leases whose veth is gone).
+    pub fn take(addr: Ipv4Addr, key: &str) {
+        let mut all: Vec<_> = read()
+            .into_iter()
+            .filter(|(a, k)| k != key && *a != addr && super::link_exists(&super::veth_names(k).0))
+            .collect();
+        all.push((addr, key.to_string()));
+        write(&all);
     }
 }
