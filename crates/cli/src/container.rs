@@ -70,6 +70,11 @@ impl LimitArgs {
             ("net-rate", self.net_rate.as_ref()),
         ];
         // Memory before swap: the cross-check needs both.
+        for (key, v) in &pairs {
+            if v.is_some_and(|v| v.trim().is_empty()) {
+                anyhow::bail!("--{key} needs a value ('' was given; `berth set NAME {key}=none` lifts a limit)");
+            }
+        }
         for (key, v) in pairs.iter().filter(|(k, _)| *k != "memory-swap") {
             if let Some(v) = v {
                 l.set(&format!("{key}={v}"))

@@ -212,7 +212,7 @@ pub fn launch(a: LaunchArgs) -> Result<Status> {
         anyhow::bail!("--unprivileged is for containers (add --container)");
     }
     if a.network.is_some() {
-        anyhow::bail!("--network is for containers (VMs use user-mode NAT with --forward)");
+        anyhow::bail!("--network is for containers (a VM is networked through its own passt, with --forward)");
     }
     let cpus: u32 = match &a.cpus {
         None => 2,
@@ -220,8 +220,15 @@ pub fn launch(a: LaunchArgs) -> Result<Status> {
             .parse()
             .map_err(|_| anyhow::anyhow!("--cpus {c:?}: a VM takes a whole number of vCPUs"))?,
     };
-    let memory = size_arg(a.memory.as_deref().unwrap_or("1G"))
-        .map_err(|e| anyhow::anyhow!("--memory: {e}"))?;
+    let typed = a.memory.as_deref().unwrap_or("1G");
+    let memory = size_arg(typed).map_err(|e| anyhow::anyhow!("--memory: {e}"))?;
+    // Checked here, where the value the user typed is known: in whole MiB, `--memory 1` would
+    // be reported as "0 MiB".
+    if memory < 256 << 20 {
+        anyhow::bail!(
+            "--memory {typed} ({memory} bytes) is too small for a Debian guest (at least 256M)"
+        );
+    }
     let o = LaunchOptions {
         image: a.image,
         name: a.name.clone(),

@@ -521,3 +521,26 @@ fn a_full_data_dir_says_no_space_and_where() {
         "{err}"
     );
 }
+
+/// Regression for issue 13 item 11 (part): `--cpuset ''` was taken as no limit, and a VM's
+/// `--memory 1` was reported as "0 MiB".
+#[test]
+fn empty_limits_and_tiny_memory_name_what_was_typed() {
+    let d = tempfile::tempdir().unwrap();
+    let state = d.path().join("state");
+    let out = common::run(
+        &state,
+        &["run", "--rm", "--cpuset", "", "img", "--", "true"],
+    );
+    assert_eq!(out.status.code(), Some(125));
+    assert!(
+        stderr(&out).contains("--cpuset needs a value"),
+        "{}",
+        stderr(&out)
+    );
+    let out = common::run(&state, &["launch", "img", "v", "--memory", "1"]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("--memory 1 (1 bytes) is too small"), "{err}");
+    assert!(!err.contains("0 MiB"), "{err}");
+}
