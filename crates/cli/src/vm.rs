@@ -212,7 +212,9 @@ pub fn launch(a: LaunchArgs) -> Result<Status> {
         anyhow::bail!("--unprivileged is for containers (add --container)");
     }
     if a.network.is_some() {
-        anyhow::bail!("--network is for containers (a VM is networked through its own passt, with --forward)");
+        anyhow::bail!(
+            "--network is for containers (a VM is networked through its own passt, with --forward)"
+        );
     }
     let cpus: u32 = match &a.cpus {
         None => 2,

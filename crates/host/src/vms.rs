@@ -176,8 +176,8 @@ pub struct LaunchOptions {
 }
 
 /// The guest's network, given instead of cloud-init's fallback: DHCPv4 on the one NIC (eth0:
-/// berth boots with `net.ifnames=0`) from QEMU's user-mode NAT. Newer cloud-init's fallback
-/// also asks for DHCPv6, which QEMU's NAT does not serve: with ifupdown that holds
+/// berth boots with `net.ifnames=0`) from the guest's passt. Newer cloud-init's fallback also
+/// asks for DHCPv6, which a user-mode NAT may not serve: with ifupdown that holds
 /// networking.service, and the boot, for minutes.
 pub const GUEST_NETWORK_CONFIG: &str = "version: 2\nethernets:\n  eth0:\n    dhcp4: true\n";
 

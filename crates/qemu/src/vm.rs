@@ -51,7 +51,7 @@ impl std::str::FromStr for Kind {
     }
 }
 
-/// A port forward from the host's loopback to the guest (user-mode NAT).
+/// A port forward from the host's loopback to the guest (served by the VM's passt).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Forward {
     /// Host port on 127.0.0.1.
@@ -339,8 +339,8 @@ pub fn kind_cmdline(kind: Kind, accel: Accel, tsc_khz: Option<u64>) -> String {
 /// The kernel command line berth gives a guest whose root file system is `root`
 /// (`LABEL=rootfs`, `UUID=...`).
 ///
-/// The guest's one network is QEMU's user-mode NAT, where nothing else lives on its link (the
-/// virtual gateway answers for 10.0.2.2 and fe80::2 only), so duplicate address detection for
+/// The guest's one network is its own passt (earlier QEMU's user-mode NAT): nothing else lives
+/// on its link (only the virtual gateway answers there), so duplicate address detection for
 /// its IPv6 addresses can find nothing. The kernel still waits a random 0-1 s
 /// (`router_solicitation_delay`) and then 1 s per probe (`dad_transmits`) before an address is
 /// usable, and systemd-networkd-wait-online waits for the link-local one: with everything
