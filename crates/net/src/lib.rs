@@ -12,6 +12,7 @@
 //! calls the tools rather than speaking netlink itself: each step is one documented command a
 //! user can repeat by hand, and none is on a hot path.)
 
+pub mod leases;
 pub mod restore;
 
 use std::net::Ipv4Addr;
@@ -359,11 +360,14 @@ pub struct Host {
 
 /// Where berth notes, per network namespace, which tables existed before its iptables rules.
 fn tables_note() -> Option<std::path::PathBuf> {
+    Some(format!("/run/berth/iptables-before-{}", netns_id()?).into())
+}
+
+/// This process's network namespace, as the inode of /proc/self/ns/net: what berth's host-wide
+/// files under /run/berth are kept per.
+fn netns_id() -> Option<u64> {
     use std::os::unix::fs::MetadataExt;
-    let ns = std::fs::metadata("/proc/self/ns/net").ok()?.ino();
-    Some(std::path::PathBuf::from(format!(
-        "/run/berth/iptables-before-{ns}"
-    )))
+    Some(std::fs::metadata("/proc/self/ns/net").ok()?.ino())
 }
 
 /// The tables of [`restore::TABLES`] as nftables has them now; `None` without `nft` (legacy
@@ -792,57 +796,5 @@ mod tests {
             .iter()
             .any(|l| l.contains("route add default via 10.87.0.1")));
         assert_eq!(text.iter().filter(|l| l.contains("tbf")).count(), 2);
-    }
-}
-
-/// Host-wide address leases of berth's bridge, shared by every data dir: one file per network
-/// namespace under /run/berth, a line `ADDR KEY` per container, where KEY names the container
-/// across data dirs. A lease lives while the container's veth does. Callers hold berth's
-/// host-wide network lock.
-pub mod leases {
-    use std::net::Ipv4Addr;
-
-    fn file() -> Option<std::path::PathBuf> {
-        use std::os::unix::fs::MetadataExt;
-        let ns = std::fs::metadata("/proc/self/ns/net").ok()?.ino();
-        Some(format!("/run/berth/leases-{ns}").into())
-    }
-
-    fn read() -> Vec<(Ipv4Addr, String)> {
-        let Some(f) = file() else { return Vec::new() };
-        std::fs::read_to_string(f)
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| {
-                let (a, k) = l.split_once(' ')?;
-                Some((a.parse().ok()?, k.to_string()))
-            })
-            .collect()
-    }
-
-    fn write(all: &[(Ipv4Addr, String)]) {
-        let Some(f) = file() else { return };
-        let _ = std::fs::create_dir_all("/run/berth");
-        let text: String = all.iter().map(|(a, k)| format!("{a} {k}\n")).collect();
-        let _ = std::fs::write(f, text);
-    }
-
-    /// Addresses leased to other containers whose veth still exists.
-    pub fn live(except: &str) -> Vec<Ipv4Addr> {
-        read()
-            .into_iter()
-            .filter(|(_, k)| k != except && super::link_exists(&super::veth_names(k).0))
-            .map(|(a, _)| a)
-            .collect()
-    }
-
-    /// Lease `addr` to `key` (dropping leases whose veth is gone).
-    pub fn take(addr: Ipv4Addr, key: &str) {
-        let mut all: Vec<_> = read()
-            .into_iter()
-            .filter(|(a, k)| k != key && *a != addr && super::link_exists(&super::veth_names(k).0))
-            .collect();
-        all.push((addr, key.to_string()));
-        write(&all);
     }
 }

@@ -153,18 +153,11 @@ pub fn create(o: &CreateOptions, policy: &BackingPolicy) -> Result<u64> {
             if let (Some(name), Some(fmt)) = (&o.backing, o.backing_format) {
                 b = b.backing(name.clone(), fmt.to_string());
             }
-            b.create().map_err(|e| create_error(&o.path, e))?;
+            b.create().map_err(Error::io("creating", &o.path))?;
         }
     }
     out.commit()?;
     Ok(size)
-}
-
-/// imago reports a failed write during creation as the error it met, sometimes after an
-/// internal one ("Refcount block dropped while modified") logged on the way; say what happened
-/// in terms of the image being made.
-fn create_error(path: &std::path::Path, e: std::io::Error) -> Error {
-    Error::io("creating", path)(e)
 }
 
 fn create_raw(
