@@ -1,5 +1,5 @@
 //! Fuzz a whole qcow2 file through berth's metadata layer: open (header, L1, refcount
-//! table), snapshot table, L2 lookups, and the full consistency check.
+//! table), snapshot table, the overlap check, L2 lookups, and the full consistency check.
 #![no_main]
 
 use berth_disk::qcow2::check::{check, Repair};
@@ -14,6 +14,7 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let _ = q.snapshots();
+    let _ = berth_disk::qcow2::overlap::verify(&q);
     for gc in 0..16 {
         let _ = q.l2_entry(gc);
     }

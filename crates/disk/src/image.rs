@@ -127,6 +127,7 @@ pub fn walk_chain(top: &Path, format: Format, policy: &BackingPolicy) -> Result<
             }
             Format::Qcow2 => {
                 let q = Qcow2File::open(&path, false).map_err(Error::format(&path))?;
+                crate::qcow2::overlap::verify(&q).map_err(Error::format(&path))?;
                 let header = q.header;
                 let next = match &header.backing_file {
                     None => None,

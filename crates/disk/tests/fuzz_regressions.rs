@@ -24,6 +24,7 @@ fn fuzz_crashes_stay_fixed() {
         f.write_all(&data).unwrap();
         if let Ok(q) = Qcow2File::from_file(f) {
             let _ = q.snapshots();
+            let _ = berth_disk::qcow2::overlap::verify(&q);
             let _ = check(q, "regression", Repair::None);
         }
     }

@@ -315,3 +315,160 @@ fn hostile_compressed_entries_fail_cleanly() {
     );
     assert!(!out.exists(), "no half-written destination");
 }
+
+/// Every command that reads guest data or changes the image refuses `img`, naming `want`; only
+/// check still opens it, and reports the damage as qemu-img does.
+fn refused_everywhere_but_check(d: &Dir, img: &Path, want: &[&str]) {
+    let named = |what: &str, e: Error| {
+        let msg = anyhow_chain(&e);
+        assert!(
+            want.iter().all(|w| msg.contains(w)),
+            "{what}: {msg} lacks {want:?}"
+        );
+    };
+    named(
+        "open",
+        Chain::open(img, None, false, &policy()).unwrap_err(),
+    );
+    named(
+        "info",
+        ops::info(img, None, false, &policy())
+            .map(|_| ())
+            .unwrap_err(),
+    );
+    named(
+        "map",
+        ops::map(img, None, &policy()).map(|_| ()).unwrap_err(),
+    );
+    let out = d.p("copied-out.raw");
+    named(
+        "convert",
+        ops::convert(
+            &ConvertOptions::new(img, out.clone(), Format::Raw),
+            &policy(),
+            &mut |_, _| {},
+        )
+        .map(|_| ())
+        .unwrap_err(),
+    );
+    assert!(!out.exists(), "no destination from a refused source");
+    named(
+        "snapshot",
+        ops::snapshot_create(img, "s").map(|_| ()).unwrap_err(),
+    );
+    named(
+        "resize",
+        ops::resize(img, None, ops::NewSize::Grow(1 << 20), false, &policy())
+            .map(|_| ())
+            .unwrap_err(),
+    );
+    let r = ops::check(img, Repair::None).expect("check opens damaged images");
+    assert!(r.corruptions > 0, "{:?}", r.messages);
+    assert_eq!(
+        qemu_img(&["check", img.to_str().unwrap()]).status.code(),
+        Some(2),
+        "qemu-img agrees the image is corrupt"
+    );
+}
+
+fn layout(img: &Path) -> (u64, u64, u64, u64) {
+    let q = Qcow2File::open(img, false).unwrap();
+    let mask = berth_disk::qcow2::OFFSET_MASK;
+    let l2 = q.l1[0] & mask;
+    (
+        q.header.l1_table_offset,
+        l2,
+        q.header.refcount_table_offset,
+        q.reftable[0] & mask,
+    )
+}
+
+const COPIED: u64 = 1 << 63;
+
+#[test]
+fn an_l2_table_that_is_the_l1_table_is_refused_at_open() {
+    let d = Dir::new();
+    let img = base_image(&d, "l2isl1.qcow2");
+    let (l1, ..) = layout(&img);
+    patch(&img, l1, &(l1 | COPIED).to_be_bytes());
+    refused_everywhere_but_check(
+        &d,
+        &img,
+        &["L2 table of L1 entry 0", "overlaps the L1 table"],
+    );
+}
+
+#[test]
+fn guest_data_in_a_metadata_cluster_is_refused_at_open() {
+    let d = Dir::new();
+    for (name, pick, what) in [
+        ("dataisrt", 2usize, "the refcount table"),
+        ("dataisl1", 0, "the L1 table"),
+        ("dataisrb", 3, "the refcount block"),
+    ] {
+        let img = base_image(&d, &format!("{name}.qcow2"));
+        let offs = layout(&img);
+        let target = [offs.0, offs.1, offs.2, offs.3][pick];
+        // The second data cluster of the first L2 table now points at metadata.
+        patch(&img, offs.1 + 8, &(target | COPIED).to_be_bytes());
+        refused_everywhere_but_check(&d, &img, &["entry 1 of the L2 table", "guest data", what]);
+    }
+}
+
+#[test]
+fn a_refcount_block_that_is_an_l2_table_is_refused_at_open() {
+    let d = Dir::new();
+    let img = base_image(&d, "rbisl2.qcow2");
+    let (_, l2, rt, _) = layout(&img);
+    patch(&img, rt, &l2.to_be_bytes());
+    refused_everywhere_but_check(&d, &img, &["L2 table of L1 entry 0", "refcount block"]);
+}
+
+#[test]
+fn a_snapshot_l1_table_on_the_active_one_is_refused_at_open() {
+    let d = Dir::new();
+    let img = base_image(&d, "snapl1.qcow2");
+    let s = img.to_str().unwrap();
+    qemu_img_ok(&["snapshot", "-c", "before", s]);
+    qemu_io(&img, "qcow2", &["write -P 2 64k 64k"]);
+    // A healthy snapshot shares its L2 table and data clusters with the active L1: accepted.
+    Chain::open(&img, None, false, &policy()).expect("shared clusters of a snapshot are fine");
+    let q = Qcow2File::open(&img, false).unwrap();
+    let (l1, snaps_at) = (q.header.l1_table_offset, q.header.snapshots_offset);
+    drop(q);
+    patch(&img, snaps_at, &l1.to_be_bytes());
+    let msg = open_err(&img);
+    assert!(
+        msg.contains("L1 table of snapshot 0") && msg.contains("overlaps the L1 table"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn healthy_images_of_every_layout_pass_the_overlap_check() {
+    let d = Dir::new();
+    let raw = d.p("r.raw");
+    std::fs::write(&raw, noise(3 << 20, 7)).unwrap();
+    let r = raw.to_str().unwrap();
+    let mut made = Vec::new();
+    for (name, args) in [
+        ("compressed", vec!["-c", "-o", "cluster_size=4096"]),
+        ("small", vec!["-o", "cluster_size=512"]),
+        ("big", vec!["-o", "cluster_size=2M"]),
+        ("refbits", vec!["-o", "refcount_bits=1"]),
+    ] {
+        let p = d.p(&format!("{name}.qcow2"));
+        let mut a = vec!["convert", "-O", "qcow2"];
+        a.extend(args);
+        a.extend([r, p.to_str().unwrap()]);
+        qemu_img_ok(&a);
+        made.push(p);
+    }
+    let bm = base_image(&d, "bitmap.qcow2");
+    qemu_img_ok(&["bitmap", "--add", bm.to_str().unwrap(), "b0"]);
+    made.push(bm);
+    for p in &made {
+        Chain::open(p, None, false, &policy())
+            .unwrap_or_else(|e| panic!("{}: {}", p.display(), anyhow_chain(&e)));
+    }
+}

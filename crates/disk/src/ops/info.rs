@@ -148,6 +148,7 @@ pub fn info(
             },
             Format::Qcow2 => {
                 let q = Qcow2File::open(path, false).map_err(Error::format(path))?;
+                crate::qcow2::overlap::verify(&q).map_err(Error::format(path))?;
                 Layer {
                     path: path.to_path_buf(),
                     format,

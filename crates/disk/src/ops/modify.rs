@@ -13,7 +13,9 @@ use imago::format::PreallocateMode;
 use imago::ShallowMapping;
 use std::path::Path;
 
-fn open_qcow2(path: &Path, writable: bool, what: &str) -> Result<Qcow2File> {
+/// Open a qcow2 image whose metadata may be damaged (for check and repair, which exist to look
+/// at damage).
+fn open_damaged(path: &Path, writable: bool, what: &str) -> Result<Qcow2File> {
     if probe_format(path)? != Format::Qcow2 {
         return Err(Error::Invalid(format!(
             "{} is a raw image; {what} needs qcow2",
@@ -23,9 +25,16 @@ fn open_qcow2(path: &Path, writable: bool, what: &str) -> Result<Qcow2File> {
     Qcow2File::open(path, writable).map_err(Error::format(path))
 }
 
+/// Open a qcow2 image, refusing one whose metadata structures overlap.
+fn open_qcow2(path: &Path, writable: bool, what: &str) -> Result<Qcow2File> {
+    let q = open_damaged(path, writable, what)?;
+    crate::qcow2::overlap::verify(&q).map_err(Error::format(path))?;
+    Ok(q)
+}
+
 /// Check a qcow2 image, repairing as asked.
 pub fn check(path: &Path, repair: Repair) -> Result<CheckReport> {
-    let q = open_qcow2(path, repair != Repair::None, "check")?;
+    let q = open_damaged(path, repair != Repair::None, "check")?;
     crate::qcow2::check::check(q, &path.display().to_string(), repair).map_err(Error::format(path))
 }
 

@@ -8,6 +8,7 @@
 pub mod check;
 pub mod header;
 pub mod meta;
+pub mod overlap;
 pub mod refcount;
 pub mod safe_write;
 pub mod snapshot;
