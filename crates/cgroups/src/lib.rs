@@ -460,6 +460,18 @@ impl Cgroup {
         }
     }
 
+    /// How many processes of the group the kernel's OOM killer has ended because of the group's
+    /// memory limit (`oom_kill` of v2's `memory.events`, of v1's `memory.oom_control`); None
+    /// where the kernel does not count them.
+    pub fn oom_kills(&self) -> Option<u64> {
+        let (controller, file) = match self.hierarchy {
+            Hierarchy::V2(_) => ("", "memory.events"),
+            Hierarchy::V1(_) => ("memory", "memory.oom_control"),
+        };
+        let text = std::fs::read_to_string(self.dir(controller).ok()?.join(file)).ok()?;
+        keyed(&text, "oom_kill")
+    }
+
     /// Remove the group's directories, child groups first (the groups must be empty).
     /// Missing directories are fine: removal is idempotent.
     pub fn remove(&self) -> Result<(), CgroupError> {

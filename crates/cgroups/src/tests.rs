@@ -165,6 +165,12 @@ fn v2_create_apply_usage_remove() {
     assert_eq!(u.pids, Some(3));
     assert_eq!((u.io_read_bytes, u.io_write_bytes), (Some(101), Some(202)));
     assert_eq!(g.pids().unwrap(), [10, 11, 12]);
+    assert_eq!(g.oom_kills(), None, "no memory.events yet");
+    put(
+        &dir.join("memory.events"),
+        "low 0\nhigh 0\nmax 7\noom 2\noom_kill 2\noom_group_kill 0\n",
+    );
+    assert_eq!(g.oom_kills(), Some(2));
 
     // The fake dir holds regular files, which a real cgroup dir never does; empty it first,
     // keeping an empty child group: removal goes depth first.
@@ -227,6 +233,11 @@ fn v1_create_copies_cpuset_and_orders_memory() {
     );
     assert_eq!(get(&t.path().join("cpu/berth/db/cpu.shares")), "512");
     assert_eq!(get(&t.path().join("pids/berth/db/pids.max")), "9");
+    put(
+        &mem.join("memory.oom_control"),
+        "oom_kill_disable 0\nunder_oom 0\noom_kill 1\n",
+    );
+    assert_eq!(g.oom_kills(), Some(1));
 
     // blkio is not mounted in this fake: an I/O limit names the missing controller.
     let e = g

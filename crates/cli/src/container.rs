@@ -133,7 +133,7 @@ pub fn containers() -> Result<Containers> {
 pub fn run(a: RunArgs) -> Result<Status> {
     berth_container::direct::ignore_sigpipe();
     let limits = a.limits.limits(a.memory.as_ref(), a.cpus.as_ref())?;
-    let code = containers()?.run(&RunOptions {
+    let exit = containers()?.run(&RunOptions {
         image: a.image,
         name: a.name,
         args: a.command,
@@ -148,7 +148,7 @@ pub fn run(a: RunArgs) -> Result<Status> {
         },
         unprivileged: a.unprivileged,
     })?;
-    Ok(Status(code.clamp(0, 255) as u8))
+    Ok(crate::exit::for_command(exit, a.memory.as_deref()))
 }
 
 /// `berth info` for a container: configured limits and, while it runs, live usage.
@@ -323,6 +323,8 @@ pub struct SetArgs {
 
 pub fn set(a: SetArgs) -> Result<Status> {
     if !is_container(&a.name) {
+        // Not found is not found, as in every other command.
+        crate::vm::vms()?.get(&a.name)?;
         anyhow::bail!(
             "{} is not a container (berth set changes container limits; a VM's CPUs and memory \
              are set at launch)",

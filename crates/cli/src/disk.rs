@@ -110,8 +110,9 @@ pub enum DiskCommand {
     },
     /// Check a qcow2 image's refcounts, L1/L2 tables and offsets.
     ///
-    /// Exit status: 0 no problems; 2 corruption found; 3 leaked clusters only (harmless wasted
-    /// space); 1 the check could not be completed. `--repair leaks` drops leaked clusters,
+    /// Exit status (as qemu-img check): 0 no problems; 2 corruption found; 3 leaked clusters
+    /// only (harmless wasted space); 1 the check could not be completed; 125 the image could
+    /// not be opened. `--repair leaks` drops leaked clusters,
     /// `--repair all` also fixes refcounts that are too low and COPIED flags.
     Check {
         /// Repair leaks, or all repairable errors.
@@ -180,7 +181,7 @@ pub enum DiskCommand {
     },
     /// Compare the guest-visible content of two images.
     ///
-    /// Exit status: 0 identical, 1 different, 2 error (as qemu-img compare).
+    /// Exit status: 0 identical, 1 different, 125 an image could not be read.
     Compare {
         /// Format of A.
         #[arg(short = 'f', value_enum)]
@@ -292,16 +293,6 @@ fn byte_arg(s: &str) -> Result<u8, String> {
 
 fn size_arg(s: &str) -> Result<u64, String> {
     parse_size(s).map_err(|e| e.to_string())
-}
-
-impl DiskCommand {
-    /// Exit status for errors: 2 for compare (as qemu-img), 1 otherwise.
-    pub fn error_exit_code(&self) -> u8 {
-        match self {
-            DiskCommand::Compare { .. } => 2,
-            _ => 1,
-        }
-    }
 }
 
 fn fmt_opt(f: Option<Fmt>) -> Option<Format> {

@@ -3,6 +3,7 @@
 
 mod container;
 mod disk;
+mod exit;
 mod host;
 mod image;
 mod key;
@@ -120,40 +121,38 @@ fn main() -> ExitCode {
             );
         }
     }
-    let (result, error_code): (Result<Status>, u8) = match cli.command {
-        Command::Disk(cmd) => {
-            let code = cmd.error_exit_code();
-            (disk::run(cmd), code)
-        }
-        Command::Key(cmd) => (key::run(cmd), 1),
-        Command::Host(cmd) => (host::run(cmd), 1),
-        Command::Image(cmd) => (image::run(cmd), 1),
-        Command::Launch(a) => (vm::launch(a), 1),
-        Command::Run(a) => (container::run(a), 125),
-        Command::List(a) => (vm::list(a), 1),
-        Command::Info(a) => (vm::info(a), 1),
-        Command::Start(a) => (vm::start(a), 1),
-        Command::Stop(a) => (vm::stop(a), 1),
-        Command::Restart(a) => (vm::restart(a), 1),
-        Command::Pause(a) => (vm::pause(a, true), 1),
-        Command::Resume(a) => (vm::pause(a, false), 1),
-        Command::Delete(a) => (vm::delete(a), 1),
-        Command::Console(a) => (vm::console(a), 1),
-        Command::Logs(a) => (vm::logs(a), 1),
-        Command::Ssh(a) => (vm::ssh(a), 255),
-        Command::Exec(a) => (vm::exec(a), 255),
-        Command::Shell(a) => (vm::shell(a), 255),
-        Command::Set(a) => (container::set(a), 1),
-        Command::ConsoleRelay(a) => (container::relay(a), 1),
-        Command::Seed(cmd) => (seed::run(cmd), 2),
-        Command::MachineId(cmd) => (machine_id::run(cmd), 1),
+    // One exit-status scheme for every command: see exit.rs and the README.
+    let result: Result<Status> = match cli.command {
+        Command::Disk(cmd) => disk::run(cmd),
+        Command::Key(cmd) => key::run(cmd),
+        Command::Host(cmd) => host::run(cmd),
+        Command::Image(cmd) => image::run(cmd),
+        Command::Launch(a) => vm::launch(a),
+        Command::Run(a) => container::run(a),
+        Command::List(a) => vm::list(a),
+        Command::Info(a) => vm::info(a),
+        Command::Start(a) => vm::start(a),
+        Command::Stop(a) => vm::stop(a),
+        Command::Restart(a) => vm::restart(a),
+        Command::Pause(a) => vm::pause(a, true),
+        Command::Resume(a) => vm::pause(a, false),
+        Command::Delete(a) => vm::delete(a),
+        Command::Console(a) => vm::console(a),
+        Command::Logs(a) => vm::logs(a),
+        Command::Ssh(a) => vm::ssh(a),
+        Command::Exec(a) => vm::exec(a),
+        Command::Shell(a) => vm::shell(a),
+        Command::Set(a) => container::set(a),
+        Command::ConsoleRelay(a) => container::relay(a),
+        Command::Seed(cmd) => seed::run(cmd),
+        Command::MachineId(cmd) => machine_id::run(cmd),
     };
     match result {
         Ok(Status(code)) => ExitCode::from(code),
         Err(e) => {
             // Not eprintln!, which panics when nobody reads stderr any more.
-            let _ = writeln!(std::io::stderr(), "berth: error: {e:#}");
-            ExitCode::from(error_code)
+            let _ = writeln!(std::io::stderr(), "berth: error: {}", exit::message(&e));
+            ExitCode::from(exit::for_error(&e))
         }
     }
 }

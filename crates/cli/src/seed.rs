@@ -60,8 +60,8 @@ pub enum SeedCommand {
     /// cloud-init does. cloud-configs are checked against cloud-init's own schema: errors (the
     /// guest's cloud-init would reject the file) print as FILE:LINE:COLUMN with the key path;
     /// unknown keys and unknown time zones are warnings; deprecated keys get a note naming the
-    /// successor. Exit status: 0 valid (warnings allowed), 1 errors found, 2 a file could not be
-    /// read.
+    /// successor. Exit status: 0 valid (warnings allowed), 1 errors found, 125 a file could not
+    /// be read.
     Validate {
         /// Print JSON.
         #[arg(long)]

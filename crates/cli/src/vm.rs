@@ -193,7 +193,7 @@ pub struct ExecArgs {
     pub command: Vec<String>,
 }
 
-fn vms() -> Result<Vms> {
+pub fn vms() -> Result<Vms> {
     Ok(Vms::open(&dirs()?)?)
 }
 
@@ -456,9 +456,9 @@ pub fn logs(a: LogsArgs) -> Result<Status> {
 /// `berth shell NAME`: a login shell in a container, or an SSH session to a VM.
 pub fn shell(a: NameArg) -> Result<Status> {
     if crate::container::is_container(&a.name) {
-        let code =
+        let exit =
             crate::container::containers()?.exec(&a.name, vec!["/bin/bash".into(), "-l".into()])?;
-        return Ok(Status(code.clamp(0, 255) as u8));
+        return Ok(crate::exit::for_command(exit, None));
     }
     ssh(SshArgs {
         name: a.name,
@@ -473,19 +473,29 @@ pub fn ssh(a: SshArgs) -> Result<Status> {
     }
     c.args(&a.command);
     let st = c.status().context("running ssh")?;
-    Ok(Status(st.code().unwrap_or(255) as u8))
+    Ok(ssh_status(st))
 }
 
 pub fn exec(a: ExecArgs) -> Result<Status> {
     if crate::container::is_container(&a.name) {
-        let code = crate::container::containers()?.exec(&a.name, a.command)?;
-        return Ok(Status(code.clamp(0, 255) as u8));
+        let exit = crate::container::containers()?.exec(&a.name, a.command)?;
+        return Ok(crate::exit::for_command(exit, None));
     }
     let mut c = vms()?.ssh_command(&a.name)?;
     c.arg("--");
     c.args(a.command.iter().map(|s| shell_quote(s)));
     let st = c.status().context("running ssh")?;
-    Ok(Status(st.code().unwrap_or(255) as u8))
+    Ok(ssh_status(st))
+}
+
+/// ssh's status is the command's (255 when ssh itself failed); 128 + N when signal N ended ssh.
+fn ssh_status(st: std::process::ExitStatus) -> Status {
+    use std::os::unix::process::ExitStatusExt;
+    match (st.code(), st.signal()) {
+        (Some(c), _) => Status(c.clamp(0, 255) as u8),
+        (None, Some(sig)) => Status((128 + sig).clamp(0, 255) as u8),
+        (None, None) => Status(crate::exit::FAILED),
+    }
 }
 
 fn shell_quote(s: &str) -> String {

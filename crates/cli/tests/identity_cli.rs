@@ -98,7 +98,7 @@ fn ssh_keygen_reads_every_key_berth_writes() {
     // Refuses to overwrite; --force overwrites and still ends at 0600.
     let p = d.path().join("ssh/ed25519-x-0");
     let out = berth(&["key", "generate", "-f", p.to_str().unwrap()], d.path());
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(125));
     assert!(String::from_utf8_lossy(&out.stderr).contains("already exists"));
     std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o666)).unwrap();
     ok(
@@ -204,7 +204,7 @@ fn key_add_behaves_like_ssh_copy_id() {
         ],
         d.path(),
     );
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(125));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("bad.pub") && err.contains("line 1"), "{err}");
     assert_eq!(std::fs::read_to_string(&ak2).unwrap(), text);

@@ -235,6 +235,6 @@ fn invalid_user_data_stops_the_write_and_validate_reports_positions() {
         berth(&["seed", "validate", "/nonexistent"], d.path())
             .status
             .code(),
-        Some(2)
+        Some(125)
     );
 }

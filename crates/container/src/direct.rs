@@ -49,7 +49,17 @@ pub enum DirectError {
     /// Building the seccomp filter failed.
     #[error("building the seccomp filter: {0}")]
     Seccomp(String),
+    /// The command does not exist in the container (berth exits 127, as Docker and Podman).
+    #[error("{0}")]
+    CommandNotFound(String),
+    /// The command exists but cannot be run (berth exits 126, as Docker and Podman).
+    #[error("{0}")]
+    CommandNotExecutable(String),
 }
+
+/// How the child marks a failure of the command itself, as opposed to the container's setup.
+const TAG_NOT_FOUND: &str = "not-found\0";
+const TAG_NOT_EXECUTABLE: &str = "not-executable\0";
 
 fn host(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> DirectError {
     let what = what.into();
@@ -584,7 +594,17 @@ fn report(errors: &OwnedFd) -> Result<Option<DirectError>, DirectError> {
         .map(std::fs::File::from)
         .and_then(|mut f| f.read_to_end(&mut buf))
         .map_err(host("reading the container process's report"))?;
-    Ok((!buf.is_empty()).then(|| DirectError::Child(String::from_utf8_lossy(&buf).into_owned())))
+    Ok((!buf.is_empty()).then(|| decode_failure(&String::from_utf8_lossy(&buf))))
+}
+
+fn decode_failure(message: &str) -> DirectError {
+    if let Some(m) = message.strip_prefix(TAG_NOT_FOUND) {
+        DirectError::CommandNotFound(m.to_string())
+    } else if let Some(m) = message.strip_prefix(TAG_NOT_EXECUTABLE) {
+        DirectError::CommandNotExecutable(m.to_string())
+    } else {
+        DirectError::Child(message.to_string())
+    }
 }
 
 /// Have writes to a pipe or socket whose reader went away fail with EPIPE instead of ending
@@ -1216,10 +1236,18 @@ impl Prepared {
         // SAFETY: program, argv and envp are NUL-terminated C strings and NULL-terminated
         // arrays that live until execve returns (it only returns on failure).
         unsafe { libc::execve(program.as_ptr(), argv.as_ptr(), envp.as_ptr()) };
+        let e = std::io::Error::last_os_error();
+        let tag = match e.raw_os_error() {
+            // The file, or the interpreter its #! line names, is not there.
+            Some(libc::ENOENT) | Some(libc::ENOTDIR) => TAG_NOT_FOUND,
+            Some(libc::EACCES) | Some(libc::ENOEXEC) | Some(libc::EPERM) | Some(libc::EISDIR) => {
+                TAG_NOT_EXECUTABLE
+            }
+            _ => "",
+        };
         Err(format!(
-            "running {}: {}",
-            program.to_string_lossy(),
-            std::io::Error::last_os_error()
+            "{tag}{}: cannot run it in the container: {e}",
+            program.to_string_lossy()
         ))
     }
 
@@ -1236,7 +1264,7 @@ impl Prepared {
             }
         }
         Err(format!(
-            "{}: command not found in the container",
+            "{TAG_NOT_FOUND}{}: command not found in the container's PATH",
             name.to_string_lossy()
         ))
     }
@@ -1562,5 +1590,19 @@ mod tests {
         .join()
         .unwrap();
         assert_eq!(keyctl, (-1, Some(libc::EPERM)));
+    }
+
+    #[test]
+    fn the_child_tells_a_missing_command_from_a_failed_setup() {
+        let f = |m: &str| decode_failure(m);
+        assert!(matches!(
+            f(&format!("{TAG_NOT_FOUND}nosuch: command not found")),
+            DirectError::CommandNotFound(m) if m == "nosuch: command not found"
+        ));
+        assert!(matches!(
+            f(&format!("{TAG_NOT_EXECUTABLE}/etc/passwd: cannot run it")),
+            DirectError::CommandNotExecutable(m) if m == "/etc/passwd: cannot run it"
+        ));
+        assert!(matches!(f("mounting /proc: EPERM"), DirectError::Child(_)));
     }
 }

@@ -75,6 +75,16 @@ fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Contain
     move |source| ContainerError::Io { what, path, source }
 }
 
+/// How a command berth ran in a container ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CommandExit {
+    /// Its exit status, or 128 + the signal that ended it.
+    pub code: i32,
+    /// Processes in the container that the kernel's OOM killer ended, because of the
+    /// container's memory limit, while the command ran.
+    pub oom_kills: u64,
+}
+
 /// What berth stores for a container.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ContainerRecord {
@@ -288,6 +298,12 @@ impl Containers {
             if *size < 16 << 20 {
                 return Err(ContainerError::Invalid(format!(
                     "--disk {size} bytes is too small (at least 16M)"
+                )));
+            }
+            if *size > i64::MAX as u64 {
+                return Err(ContainerError::Invalid(format!(
+                    "--disk {size} bytes is larger than any file can be (at most {} bytes, 8E - 1)",
+                    i64::MAX
                 )));
             }
         }
@@ -768,7 +784,7 @@ impl Containers {
                 script.into(),
             ],
         )?;
-        match code {
+        match code.code {
             0 => Ok(()),
             124 => Err(ContainerError::Invalid(format!(
                 "{name} was not ready after {secs} s (left running for inspection: berth logs {name}, berth shell {name})"
@@ -783,7 +799,7 @@ impl Containers {
     }
 
     /// Run a command in a running container; its exit status.
-    pub fn exec(&self, name: &str, args: Vec<String>) -> Result<i32, ContainerError> {
+    pub fn exec(&self, name: &str, args: Vec<String>) -> Result<CommandExit, ContainerError> {
         let (_, rec) = self.get(name)?;
         if !self.is_running(&rec) {
             return Err(ContainerError::Invalid(format!(
@@ -806,7 +822,12 @@ impl Containers {
         let spec = spec::build(&plan)?;
         let pid = rec.pid.unwrap_or(0);
         let prepared = direct::prepare(&spec, &exec_views(&cgroup, pid))?;
-        Ok(prepared.exec_in(pid, &args)?)
+        let before = cgroup.oom_kills().unwrap_or(0);
+        let code = prepared.exec_in(pid, &args)?;
+        Ok(CommandExit {
+            code,
+            oom_kills: cgroup.oom_kills().unwrap_or(0).saturating_sub(before),
+        })
     }
 
     /// Stop a container: SIGRTMIN+3 to systemd (a clean halt) or SIGTERM to a command, SIGKILL
@@ -962,7 +983,7 @@ impl Containers {
     /// Run a command in a new container and wait for it: the command's exit status (128 + N when
     /// signal N ended it). With `rm` nothing of the container is left afterwards; otherwise it
     /// stays, stopped, until `berth delete`.
-    pub fn run(&self, o: &RunOptions) -> Result<i32, ContainerError> {
+    pub fn run(&self, o: &RunOptions) -> Result<CommandExit, ContainerError> {
         let name = match &o.name {
             Some(n) => n.clone(),
             None => format!("run-{}-{}", std::process::id(), unix_now() % 100_000),
@@ -1010,11 +1031,15 @@ impl Containers {
         let result = self.run_inner(&name, &lower, &cgroup, &mut rec, o, &mut clock);
         // Whatever happened, the container's process is gone or reaped by now.
         let outcome = match &result {
-            Ok(code) => format!("exited with {code}"),
+            Ok(exit) if exit.oom_kills > 0 => format!(
+                "exited with {} after its memory limit killed {} process(es)",
+                exit.code, exit.oom_kills
+            ),
+            Ok(exit) => format!("exited with {}", exit.code),
             Err(e) => format!("failed: {e}"),
         };
         rec.pid = None;
-        rec.exit = result.as_ref().ok().copied();
+        rec.exit = result.as_ref().ok().map(|e| e.code);
         clock.mark("record exit");
         if o.rm || result.is_err() {
             let cleaned = self
@@ -1041,7 +1066,7 @@ impl Containers {
         rec: &mut ContainerRecord,
         o: &RunOptions,
         clock: &mut Clock,
-    ) -> Result<i32, ContainerError> {
+    ) -> Result<CommandExit, ContainerError> {
         let dir = self.dir(name);
         std::fs::create_dir_all(&dir).map_err(io("creating", &dir))?;
         if let Some(size) = o.disk {
@@ -1090,7 +1115,11 @@ impl Containers {
         }
         let code = code.map_err(io("waiting for the command of", &dir))?;
         clock.mark("command ran");
-        Ok(code)
+        // The group is new, so every OOM kill it counts happened to this command's processes.
+        Ok(CommandExit {
+            code,
+            oom_kills: cgroup.oom_kills().unwrap_or(0),
+        })
     }
 
     /// Remove everything of a container: libcontainer's state, its cgroup, the overlay mount,

@@ -124,6 +124,12 @@ pub fn create(o: &CreateOptions, policy: &BackingPolicy) -> Result<u64> {
             "preallocation 'metadata' applies to qcow2 only (raw takes off, falloc or full)".into(),
         ));
     }
+    if o.format == Format::Raw && size > i64::MAX as u64 {
+        return Err(Error::Invalid(format!(
+            "size {size} is larger than any file can be (at most {} bytes, 8E - 1)",
+            i64::MAX
+        )));
+    }
     if o.format == Format::Qcow2 {
         let max = crate::qcow2::header::MAX_L1_BYTES / 8 * (cluster_size / 8) * cluster_size;
         if size > max {
