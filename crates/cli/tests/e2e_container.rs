@@ -342,7 +342,29 @@ fn system_container_boots_systemd_with_its_own_identity() {
         ],
     );
     // (The bridge is the networking test's: this one keeps to --network none.)
-    launch_ct(&b.0, &["--network", "none"]);
+    // The second gets its user-data as cloud-init also takes it (issue 13 item 12): a gzip'ed
+    // MIME multipart of a cloud-config and a shell script, which launch used to refuse.
+    let ud = tempfile::tempdir().unwrap();
+    let mime = ud.path().join("user-data");
+    std::fs::write(
+        &mime,
+        "Content-Type: multipart/mixed; boundary=\"PART\"\nMIME-Version: 1.0\n\n\
+         --PART\nContent-Type: text/cloud-config\n\n#cloud-config\nwrite_files:\n\
+         \x20 - path: /etc/berth-mime\n    content: from a MIME part\n\
+         --PART\nContent-Type: text/x-shellscript\n\n#!/bin/sh\necho \"script ran\" > /etc/berth-script\n\
+         --PART--\n",
+    )
+    .unwrap();
+    assert!(std::process::Command::new("gzip")
+        .arg(&mime)
+        .status()
+        .unwrap()
+        .success());
+    let gz = ud.path().join("user-data.gz");
+    launch_ct(
+        &b.0,
+        &["--network", "none", "--cloud-init", gz.to_str().unwrap()],
+    );
 
     // systemd is PID 1 and came up; the cloud-config's modules ran.
     assert_eq!(exec(&a.0, "cat /proc/1/comm"), "systemd");
@@ -358,6 +380,8 @@ fn system_container_boots_systemd_with_its_own_identity() {
     assert_eq!(exec(&a.0, "stat -c %a /etc/berth-ct"), "640");
     assert_eq!(exec(&a.0, "cat /root/runcmd-ok"), "ran");
     assert_eq!(exec(&b.0, "hostname"), b.0);
+    assert_eq!(exec(&b.0, "cat /etc/berth-mime"), "from a MIME part");
+    assert_eq!(exec(&b.0, "cat /etc/berth-script"), "script ran");
 
     // Its own machine-id: the registered one, unlike the host's and the other container's.
     let id_a = exec(&a.0, "cat /etc/machine-id");

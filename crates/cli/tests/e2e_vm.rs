@@ -208,10 +208,21 @@ fn launch_provision_lifecycle_and_kinds() {
 fn full_emulation_guest_boots() {
     image();
     let c = Guest::new("e2e-full");
+    // Its user-data is a plain #! script (issue 13 item 12: launch used to refuse one); berth's
+    // own cloud-config still creates its user and key beside it.
+    let ud = tempfile::tempdir().unwrap();
+    let script = ud.path().join("setup.sh");
+    std::fs::write(
+        &script,
+        "#!/bin/sh\necho \"script ran as $(id -un)\" > /etc/berth-script\n",
+    )
+    .unwrap();
     ok(&[
         "launch",
         "debian-12",
         &c.0,
+        "--cloud-init",
+        script.to_str().unwrap(),
         "--kind",
         "full",
         "--disk-cache",
@@ -226,6 +237,7 @@ fn full_emulation_guest_boots() {
     );
     assert!(drivers.contains("e1000"), "{drivers}");
     assert!(drivers.ends_with('0'), "no virtio devices: {drivers}");
+    assert_eq!(exec(&c.0, "cat /etc/berth-script"), "script ran as root");
     assert_eq!(exec(&c.0, "cat /etc/machine-id"), registered_id(&c.0));
     common::console_answers(&e2e_dir(), &c.0);
     assert_eq!(state(&c.0)["state"], "running");

@@ -162,31 +162,38 @@ pub fn merge(
     berth: &GuestConfig,
     user_text: Option<&str>,
 ) -> Result<Map<String, Value>, MergeError> {
-    let ours = berth.to_value();
     let theirs = match user_text {
         None => Map::new(),
-        Some(t) => match yaml::load(t) {
-            Ok(doc) => match doc.value {
-                Value::Object(o) => o,
-                Value::Null => Map::new(),
-                _ => {
-                    return Err(MergeError::Invalid {
-                        line: 1,
-                        column: 1,
-                        message: "the cloud-config is not a mapping of keys to values".into(),
-                    })
-                }
-            },
-            Err(e) => {
-                return Err(MergeError::Invalid {
-                    line: e.mark.line,
-                    column: e.mark.col,
-                    message: e.message,
-                })
-            }
-        },
+        Some(t) => parse(t)?,
     };
-    let mut out = theirs.clone();
+    Ok(merge_map(berth, theirs))
+}
+
+/// A cloud-config's top-level mapping (an empty document is an empty one).
+pub fn parse(text: &str) -> Result<Map<String, Value>, MergeError> {
+    match yaml::load(text) {
+        Ok(doc) => match doc.value {
+            Value::Object(o) => Ok(o),
+            Value::Null => Ok(Map::new()),
+            _ => Err(MergeError::Invalid {
+                line: 1,
+                column: 1,
+                message: "the cloud-config is not a mapping of keys to values".into(),
+            }),
+        },
+        Err(e) => Err(MergeError::Invalid {
+            line: e.mark.line,
+            column: e.mark.col,
+            message: e.message,
+        }),
+    }
+}
+
+/// Merge berth's configuration with the user's cloud-config mapping, user winning: berth's user
+/// is added to the user's `users`, its list items to theirs, its files beside theirs.
+pub fn merge_map(berth: &GuestConfig, theirs: Map<String, Value>) -> Map<String, Value> {
+    let ours = berth.to_value();
+    let mut out = theirs;
     for (k, v) in ours {
         match (k.as_str(), out.get_mut(&k)) {
             (_, None) => {
@@ -240,7 +247,7 @@ pub fn merge(
             _ => {}
         }
     }
-    Ok(out)
+    out
 }
 
 /// Render a configuration as `#cloud-config` text. The body is JSON, which is valid YAML that

@@ -4,6 +4,7 @@
 //! label `cidata`).
 //!
 //! Not for: running cloud-init, or talking to guests.
+pub mod compose;
 pub mod config;
 pub mod schema;
 pub mod seed;

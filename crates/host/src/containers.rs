@@ -377,8 +377,8 @@ impl Containers {
             };
             ours.extra
                 .insert("manage_etc_hosts".into(), serde_json::json!(true));
-            let merged = berth_cloudinit::config::merge(&ours, user_text.as_deref())
-                .map_err(|e| ContainerError::Invalid(format!("the cloud-config: {e}")))?;
+            let user = user_text.clone().unwrap_or_default();
+            let merged = user.merged(&ours);
             let hostname = merged
                 .get("hostname")
                 .and_then(serde_json::Value::as_str)
@@ -406,7 +406,7 @@ impl Containers {
                 ),
                 (
                     seed.join("user-data"),
-                    berth_cloudinit::config::render(&merged),
+                    berth_cloudinit::compose::render(&merged, &user.parts),
                 ),
                 (
                     seed.join("meta-data"),

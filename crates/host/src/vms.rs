@@ -9,7 +9,8 @@
 
 use crate::dirs::Dirs;
 use crate::images::{check_name, ImageError, Store as ImageStore};
-use berth_cloudinit::config::{self, GuestConfig, User};
+use berth_cloudinit::compose::UserData;
+use berth_cloudinit::config::{GuestConfig, User};
 use berth_cloudinit::schema::Severity;
 use berth_cloudinit::seed::{self, SeedFiles, SeedFormat};
 use berth_disk::ops::{self, CreateOptions};
@@ -221,14 +222,14 @@ fn check_port(port: u16) -> Result<(), VmError> {
 
 /// Read a user's cloud-config and refuse it, naming FILE:LINE:COLUMN, when cloud-init's schema
 /// finds errors (warnings pass).
-pub fn read_cloud_config(p: &Path) -> Result<String, VmError> {
-    let t = berth_files::input::read_text_capped(
+pub fn read_cloud_config(p: &Path) -> Result<UserData, VmError> {
+    let t = berth_files::input::read_capped(
         p,
         berth_files::input::USER_DATA_CAP,
-        "the cloud-config (--cloud-init)",
+        "the user-data (--cloud-init)",
     )?;
     let (_, problems) =
-        berth_cloudinit::userdata::validate_text(&t, Some(Path::new("/usr/share/zoneinfo")));
+        berth_cloudinit::userdata::validate_bytes(&t, Some(Path::new("/usr/share/zoneinfo")));
     let errors: Vec<String> = problems
         .iter()
         .filter(|x| x.severity == Severity::Error)
@@ -253,7 +254,7 @@ pub fn read_cloud_config(p: &Path) -> Result<String, VmError> {
             errors.join("\n")
         )));
     }
-    Ok(t)
+    UserData::split(&t).map_err(|e| VmError::Invalid(format!("{}: {e}", p.display())))
 }
 
 /// Refuse a host port given twice: only one of the forwards could win, silently.
@@ -671,9 +672,11 @@ impl Vms {
                 .insert("ssh".into(), json!({"emit_keys_to_console": false}));
             ours.extra
                 .insert("grub_dpkg".into(), json!({"enabled": false}));
-            let merged = config::merge(&ours, user_text.as_deref())
-                .map_err(|e| VmError::Invalid(format!("the cloud-config: {e}")))?;
-            let user_data = config::render(&merged);
+            // The user's cloud-config parts merged with berth's; scripts, includes, boothooks
+            // and the rest follow as further MIME parts.
+            let user = user_text.unwrap_or_default();
+            let merged = user.merged(&ours);
+            let user_data = berth_cloudinit::compose::render(&merged, &user.parts);
             std::fs::write(dir.join("user-data"), &user_data).map_err(io("writing", &dir))?;
             let hostname = merged
                 .get("hostname")
