@@ -1023,5 +1023,35 @@ fn two_data_dirs_share_the_bridge_and_the_firewall_is_put_back_exactly() {
             .output()
             .unwrap();
         assert!(!link.status.success(), "berth0 is left");
+        // A run that fails after its bridge, addresses and chains were set up (its command is
+        // not there, so the failure comes at the start) rolls all of them back, with the
+        // iptables fallback and with nftables.
+        for firewall in ["iptables", "nft"] {
+            let out = std::process::Command::new("nsenter")
+                .arg(format!("--net=/run/netns/{ns}"))
+                .arg(env!("CARGO_BIN_EXE_berth"))
+                .args(["run", "--rm", "--network", "bridge", "debian-12", "--"])
+                .arg("no-such-command")
+                .env("BERTH_DIR", &dirs[0])
+                .env("BERTH_FIREWALL", firewall)
+                .output()
+                .unwrap();
+            assert_eq!(
+                out.status.code(),
+                Some(127),
+                "{firewall}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert_eq!(
+                ruleset_in(&ns),
+                before,
+                "{firewall}: chains left after a failed run"
+            );
+            let link = std::process::Command::new("ip")
+                .args(["-n", &ns, "link", "show", "berth0"])
+                .output()
+                .unwrap();
+            assert!(!link.status.success(), "{firewall}: berth0 is left");
+        }
     }
 }
