@@ -184,12 +184,10 @@ fn commands_that_cannot_run_in_a_container_are_127_and_126() {
     let _ = bg.wait();
 }
 
-#[test]
-fn the_memory_limit_says_it_killed_the_command() {
-    e2e_image();
-    let state = e2e_dir();
-    let o = run(
-        &state,
+/// `berth run --rm --memory 64M debian-12 -- sh -c SCRIPT`.
+fn run_in_64m(script: &str) -> Output {
+    run(
+        &e2e_dir(),
         &[
             "run",
             "--rm",
@@ -199,9 +197,15 @@ fn the_memory_limit_says_it_killed_the_command() {
             "--",
             "sh",
             "-c",
-            "head -c 300M /dev/zero | tail > /dev/null",
+            script,
         ],
-    );
+    )
+}
+
+#[test]
+fn the_memory_limit_says_it_killed_the_command() {
+    e2e_image();
+    let o = run_in_64m("head -c 300M /dev/zero | tail > /dev/null");
     assert_status(&o, 137, "run --memory 64M");
     let e = err(&o);
     assert!(
@@ -209,20 +213,7 @@ fn the_memory_limit_says_it_killed_the_command() {
         "{e}"
     );
     // Without the limit being reached, nothing is said.
-    let o = run(
-        &state,
-        &[
-            "run",
-            "--rm",
-            "--memory",
-            "64M",
-            "debian-12",
-            "--",
-            "sh",
-            "-c",
-            "sh -c 'kill -9 $$'",
-        ],
-    );
+    let o = run_in_64m("sh -c 'kill -9 $$'");
     assert_status(&o, 137, "kill -9");
     assert!(!err(&o).contains("memory limit"), "{}", err(&o));
 }

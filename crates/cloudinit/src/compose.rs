@@ -19,6 +19,8 @@ use thiserror::Error;
 
 /// Largest user-data after gzip is undone (cloud-init's own limit is far lower in practice).
 pub const MAX_DECOMPRESSED: u64 = 64 << 20;
+/// Deepest nesting of gzip and MIME archives in one user-data.
+pub const MAX_DEPTH: u32 = 8;
 
 /// Why the user's user-data cannot be joined with berth's.
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -65,11 +67,7 @@ impl UserData {
         filename: Option<String>,
         depth: u32,
     ) -> Result<(), ComposeError> {
-        if depth > 8 {
-            return Err(ComposeError::Unrecognised(
-                "user-data nests gzip or MIME archives more than 8 deep".into(),
-            ));
-        }
+        check_depth(depth)?;
         if data.starts_with(&[0x1f, 0x8b]) {
             let mut text = Vec::new();
             flate2::read::GzDecoder::new(data)
@@ -134,11 +132,7 @@ impl UserData {
         mail: &mailparse::ParsedMail<'_>,
         depth: u32,
     ) -> Result<(), ComposeError> {
-        if depth > 8 {
-            return Err(ComposeError::Unrecognised(
-                "user-data nests gzip or MIME archives more than 8 deep".into(),
-            ));
-        }
+        check_depth(depth)?;
         let mimetype = mail.ctype.mimetype.to_ascii_lowercase();
         if mimetype.starts_with("multipart/") {
             for sub in &mail.subparts {
@@ -190,6 +184,16 @@ impl UserData {
         }
         config::merge_map(berth, theirs)
     }
+}
+
+/// gzip inside MIME inside gzip... ends somewhere.
+fn check_depth(depth: u32) -> Result<(), ComposeError> {
+    if depth > MAX_DEPTH {
+        return Err(ComposeError::Unrecognised(format!(
+            "user-data nests gzip or MIME archives more than {MAX_DEPTH} deep"
+        )));
+    }
+    Ok(())
 }
 
 /// The user-data for the guest: `merged` as `#cloud-config`, followed by `parts` in a MIME

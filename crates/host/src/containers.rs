@@ -10,6 +10,7 @@
 use crate::dirs::Dirs;
 use crate::images::{check_name, ImageError, Store as ImageStore};
 use berth_cgroups::{Cgroup, CgroupError, Hierarchy, IoMax, Limits};
+use berth_cloudinit::compose::UserData;
 use berth_container::{direct, spec, Network, Overlay, Plan, Runtime};
 use berth_disk::ops::{self, ConvertOptions};
 use berth_disk::{BackingPolicy, Format};
@@ -347,12 +348,12 @@ impl Containers {
         progress: &mut dyn FnMut(&str),
     ) -> Result<ContainerRecord, ContainerError> {
         self.check_new(&o.name, &o.limits, &o.network, &o.forwards, &o.disk)?;
-        let user_text = match &o.cloud_init {
-            Some(p) => Some(crate::vms::read_cloud_config(p).map_err(|e| match e {
+        let user = match &o.cloud_init {
+            Some(p) => crate::vms::read_cloud_config(p).map_err(|e| match e {
                 crate::vms::VmError::File(f) => ContainerError::File(f),
                 e => ContainerError::Invalid(e.to_string()),
-            })?),
-            None => None,
+            })?,
+            None => UserData::default(),
         };
         Hierarchy::detect()?;
         progress("preparing the image's tree");
@@ -377,7 +378,6 @@ impl Containers {
             };
             ours.extra
                 .insert("manage_etc_hosts".into(), serde_json::json!(true));
-            let user = user_text.clone().unwrap_or_default();
             let merged = user.merged(&ours);
             let hostname = merged
                 .get("hostname")

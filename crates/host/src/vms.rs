@@ -603,9 +603,9 @@ impl Vms {
         }
         check_forwards(o.forwards.iter().map(|f| f.host))?;
         // The user's files first: a bad one is reported before anything else is looked at.
-        let user_text = match &o.cloud_init {
-            Some(p) => Some(read_cloud_config(p)?),
-            None => None,
+        let user = match &o.cloud_init {
+            Some(p) => read_cloud_config(p)?,
+            None => UserData::default(),
         };
         let extra_keys = match &o.ssh_key {
             Some(k) => read_public_keys(k)?,
@@ -674,7 +674,6 @@ impl Vms {
                 .insert("grub_dpkg".into(), json!({"enabled": false}));
             // The user's cloud-config parts merged with berth's; scripts, includes, boothooks
             // and the rest follow as further MIME parts.
-            let user = user_text.unwrap_or_default();
             let merged = user.merged(&ours);
             let user_data = berth_cloudinit::compose::render(&merged, &user.parts);
             std::fs::write(dir.join("user-data"), &user_data).map_err(io("writing", &dir))?;
