@@ -481,6 +481,25 @@ impl Cgroup {
         Ok(())
     }
 
+    /// Remove the group from every cgroup mount in `mountinfo` (its text), not only from the
+    /// controllers berth uses: a runtime such as libcontainer makes the group in every v1
+    /// hierarchy (freezer, net_cls, perf_event...). The groups must be empty.
+    pub fn remove_everywhere(&self, mountinfo: &str) -> Result<(), CgroupError> {
+        self.remove()?;
+        for line in mountinfo.lines() {
+            let fields: Vec<&str> = line.split(' ').collect();
+            let Some(dash) = fields.iter().position(|f| *f == "-") else {
+                continue;
+            };
+            if let (Some(&("cgroup" | "cgroup2")), Some(mount)) =
+                (fields.get(dash + 1), fields.get(4))
+            {
+                remove_tree(&unescape(mount).join(&self.path))?;
+            }
+        }
+        Ok(())
+    }
+
     /// Whether any of the group's directories exists.
     pub fn exists(&self) -> bool {
         self.dirs().iter().any(|d| d.exists())

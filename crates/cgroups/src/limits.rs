@@ -366,11 +366,97 @@ impl Limits {
     pub fn is_empty(&self) -> bool {
         *self == Limits::default()
     }
+
+    /// The limits as `KEY=VALUE` assignments that [`Limits::set`] reads back to the same
+    /// limits, in [`KEYS`] order, one `io-max` per device; sizes in the largest binary unit that
+    /// is exact (`256M`), rates in bits per second.
+    pub fn assignments(&self) -> Vec<(&'static str, String)> {
+        let mut out = Vec::new();
+        let mut put = |k: &'static str, v: Option<String>| {
+            if let Some(v) = v {
+                out.push((k, v));
+            }
+        };
+        put("memory", self.memory.map(exact_size));
+        put("memory-swap", self.memory_swap.map(exact_size));
+        put(
+            "cpus",
+            self.cpus
+                .map(|q| format!("{}", q.quota_us as f64 / q.period_us as f64)),
+        );
+        put("cpu-weight", self.cpu_weight.map(|w| w.to_string()));
+        put("cpuset", self.cpuset.clone());
+        put("pids", self.pids.map(|p| p.to_string()));
+        put("io-weight", self.io_weight.map(|w| w.to_string()));
+        for m in &self.io_max {
+            let c = &m.caps;
+            let caps: Vec<String> = [
+                ("rbps", c.rbps),
+                ("wbps", c.wbps),
+                ("riops", c.riops),
+                ("wiops", c.wiops),
+            ]
+            .iter()
+            .filter_map(|(k, v)| v.map(|v| format!("{k}={v}")))
+            .collect();
+            put("io-max", Some(format!("{}:{}", m.device, caps.join(","))));
+        }
+        put("net-rate", self.net_rate.map(|r| r.to_string()));
+        out
+    }
+}
+
+/// `bytes` with the largest binary suffix that divides it exactly (`268435456` is `256M`).
+fn exact_size(bytes: u64) -> String {
+    for (shift, suffix) in [
+        (60, "E"),
+        (50, "P"),
+        (40, "T"),
+        (30, "G"),
+        (20, "M"),
+        (10, "K"),
+    ] {
+        if bytes != 0 && bytes.trailing_zeros() >= shift {
+            return format!("{}{suffix}", bytes >> shift);
+        }
+    }
+    bytes.to_string()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn assignments_read_back_to_the_same_limits() {
+        let mut l = Limits::default();
+        for a in [
+            "memory=256M",
+            "memory-swap=1073741825",
+            "cpus=0.25",
+            "cpu-weight=50",
+            "cpuset=0-1",
+            "pids=64",
+            "io-weight=10",
+            "io-max=8:0:rbps=1M,wiops=100",
+            "io-max=disk:wbps=5M",
+            "net-rate=10mbit",
+        ] {
+            l.set(a).unwrap();
+        }
+        let got = l.assignments();
+        assert_eq!(got[0], ("memory", "256M".to_string()));
+        assert_eq!(got[1], ("memory-swap", "1073741825".to_string()));
+        assert_eq!(got[2], ("cpus", "0.25".to_string()));
+        assert!(got.contains(&("io-max", "8:0:rbps=1048576,wiops=100".to_string())));
+        assert!(got.contains(&("net-rate", "10000000".to_string())));
+        let mut back = Limits::default();
+        for (k, v) in &got {
+            back.set(&format!("{k}={v}")).unwrap();
+        }
+        assert_eq!(back, l);
+        assert!(Limits::default().assignments().is_empty());
+    }
 
     #[test]
     fn parses_each_key() {

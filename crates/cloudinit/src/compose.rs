@@ -173,6 +173,37 @@ impl UserData {
         }
     }
 
+    /// User-data as a user gives it, checked: refused when cloud-init's schema finds errors
+    /// (warnings pass), each error as `LABEL:LINE:COLUMN: path: message`, where `label` names
+    /// where the bytes came from (a file, a request field). `zoneinfo` is where timezones are
+    /// looked up.
+    pub fn accept(
+        data: &[u8],
+        label: &str,
+        zoneinfo: Option<&std::path::Path>,
+    ) -> Result<UserData, String> {
+        let (_, problems) = crate::userdata::validate_bytes(data, zoneinfo);
+        let errors: Vec<String> = problems
+            .iter()
+            .filter(|x| x.severity == crate::schema::Severity::Error)
+            .map(|x| {
+                let path = if x.path.is_empty() {
+                    String::new()
+                } else {
+                    format!("{}: ", x.path)
+                };
+                format!("{label}:{}:{}: {path}{}", x.line, x.column, x.message)
+            })
+            .collect();
+        if !errors.is_empty() {
+            return Err(format!(
+                "the cloud-config has errors; nothing was created:\n{}",
+                errors.join("\n")
+            ));
+        }
+        UserData::split(data).map_err(|e| format!("{label}: {e}"))
+    }
+
     /// berth's configuration merged with the user's cloud-config parts (a later part's keys
     /// replace an earlier one's, as cloud-init's default merge does), user winning over berth.
     pub fn merged(&self, berth: &GuestConfig) -> Map<String, Value> {

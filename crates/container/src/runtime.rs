@@ -35,6 +35,15 @@ pub enum RuntimeError {
         #[source]
         source: std::io::Error,
     },
+    /// Removing libcontainer's state of a container failed.
+    #[error("removing libcontainer's state {path}")]
+    State {
+        /// The folder.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
     /// Waiting for the container's process failed.
     #[error("waiting for container {id}'s process: {source}")]
     Wait {
@@ -141,11 +150,20 @@ impl Runtime {
             what: "load",
             source: Box::new(e),
         })?;
-        c.delete(true).map_err(|e| RuntimeError::Libcontainer {
-            id: id.to_string(),
-            what: "delete",
-            source: Box::new(e),
-        })
+        match c.delete(true) {
+            Ok(()) => Ok(()),
+            // A container whose create was cut short can have a state that libcontainer cannot
+            // delete (its cgroup, which the caller ends and removes itself, already gone): its
+            // state is then removed here, which is all that is left of it.
+            Err(e) if c.root.exists() => {
+                tracing::debug!("libcontainer could not delete {id} ({e}); removing its state");
+                std::fs::remove_dir_all(&c.root).map_err(|source| RuntimeError::State {
+                    path: c.root.clone(),
+                    source,
+                })
+            }
+            Err(_) => Ok(()),
+        }
     }
 }
 
