@@ -48,18 +48,7 @@ pub fn for_error(e: &anyhow::Error) -> u8 {
 /// The error and its causes on one line, each cause once: many errors (ours and other crates')
 /// already end with their cause's text, which the plain chain would repeat.
 pub fn message(e: &anyhow::Error) -> String {
-    let mut out = String::new();
-    for cause in e.chain() {
-        let text = cause.to_string();
-        if text.is_empty() || out.ends_with(&text) {
-            continue;
-        }
-        if !out.is_empty() {
-            out.push_str(": ");
-        }
-        out.push_str(&text);
-    }
-    out
+    berth_api::error::chain_message(e.as_ref())
 }
 
 /// A container command's status, after saying so on stderr when the memory limit killed any

@@ -6,7 +6,6 @@ use anyhow::{bail, Result};
 use berth_disk::BackingPolicy;
 use berth_identity::image_fs::ImageFs;
 use berth_identity::machine_id::{self, Ensured, Found, MachineId};
-use berth_state::Store;
 use clap::Subcommand;
 use std::path::PathBuf;
 
@@ -58,33 +57,22 @@ pub enum MachineIdCommand {
     },
 }
 
-fn open_store() -> Result<Store> {
-    let d = dirs()?;
-    Ok(Store::open(&d.root)?)
-}
-
 pub fn run(cmd: MachineIdCommand) -> Result<Status> {
     match cmd {
         MachineIdCommand::New { register } => {
-            let store = open_store()?;
-            let id = match register {
+            let owner = match &register {
                 Some(owner) => {
-                    let Some((kind, name)) = owner
+                    let Some(pair) = owner
                         .split_once('/')
                         .filter(|(k, n)| !k.is_empty() && !n.is_empty())
                     else {
                         bail!("--register takes KIND/NAME (e.g. vm/web1), got {owner:?}");
                     };
-                    berth_host::machine_ids::allocate(&store, kind, name)?
+                    Some(pair)
                 }
-                None => loop {
-                    let id = MachineId::generate();
-                    if store.machine_id_holder(&id.to_string())?.is_none() {
-                        break id;
-                    }
-                },
+                None => None,
             };
-            println!("{id}");
+            println!("{}", berth_host::machine_ids::new_id(&dirs()?, owner)?);
             Ok(Status(0))
         }
         MachineIdCommand::Validate { id, file } => {
@@ -139,10 +127,7 @@ pub fn run(cmd: MachineIdCommand) -> Result<Status> {
             Ok(Status(0))
         }
         MachineIdCommand::Audit { json, paths } => {
-            let d = dirs()?;
-            let store = Store::open(&d.root)?;
-            let policy = BackingPolicy::new(Some(d.images()), Vec::new());
-            let audit = berth_host::machine_ids::audit(&store, &[d.images()], &paths, &policy)?;
+            let audit = berth_host::machine_ids::audit_dirs(&dirs()?, &paths)?;
             if json {
                 print_json(&audit)?;
             } else {

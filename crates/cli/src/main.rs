@@ -1,6 +1,7 @@
 //! `berth`: the command line. Parses arguments into typed requests (clap), hands them to the
 //! library crates, and prints results as text or JSON. No image or guest logic lives here.
 
+mod client;
 mod container;
 mod disk;
 mod exit;
@@ -9,6 +10,7 @@ mod image;
 mod key;
 mod machine_id;
 mod output;
+mod render;
 mod seed;
 mod vm;
 

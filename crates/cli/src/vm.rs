@@ -1,16 +1,21 @@
 //! Instance commands: launch, list, info, start, stop, restart, pause, resume, delete, console,
-//! logs, ssh, exec. Thin: parsing here, the work in `berth_host::vms`.
+//! logs, ssh, exec. Arguments become API requests here (pure but for reading the files a user
+//! names); the executor does the work, through [`crate::client::Client`].
 
+use crate::client;
 use crate::output::{dirs, print_json};
 use crate::Status;
 use anyhow::{Context, Result};
-use berth_disk::units::{human_size, parse_size};
-use berth_host::vms::{LaunchOptions, VmState, Vms};
-use berth_qemu::host::AccelRequest;
-use berth_qemu::vm::{Forward, Kind};
+use berth_api::{
+    Blob, ContainerCreate, Event, EventKind, GuestKind, InstanceCreate, InstanceDelete,
+    InstanceStateChange, InstanceType, Network, StateAction, VmCreate,
+};
+use berth_disk::units::parse_size;
+use berth_host::vms::Vms;
+use berth_qemu::vm::Forward;
 use clap::{Args, ValueEnum};
 use std::io::{IsTerminal, Read, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -201,236 +206,305 @@ fn say(msg: &str) {
     eprintln!("{msg}");
 }
 
-pub fn launch(a: LaunchArgs) -> Result<Status> {
-    if a.container {
-        return crate::container::launch(a);
+/// A file's bytes for a request field, read as berth reads every file a user names.
+fn read_input(path: &Path, cap: u64, what: &str) -> Result<Vec<u8>> {
+    Ok(berth_files::input::read_capped(path, cap, what)?)
+}
+
+impl LaunchArgs {
+    /// The API request, with the user's files read and checked here, where their names are
+    /// known (errors say FILE:LINE:COLUMN); the executor checks their content again.
+    pub fn request(&self) -> Result<InstanceCreate> {
+        let cloud_init = match &self.cloud_init {
+            Some(p) => {
+                let bytes = read_input(
+                    p,
+                    berth_files::input::USER_DATA_CAP,
+                    "the user-data (--cloud-init)",
+                )?;
+                let blob = Blob::from_bytes(bytes);
+                berth_host::requests::user_data(Some(&blob), &p.display().to_string())?;
+                Some(blob)
+            }
+            None => None,
+        };
+        let forwards = self
+            .forward
+            .iter()
+            .map(|f| berth_api::Forward {
+                host: f.host,
+                guest: f.guest,
+            })
+            .collect();
+        let (vm, container) = if self.container {
+            if self.ssh_key.is_some() {
+                anyhow::bail!(
+                    "--ssh-key is for VMs; get into a container with berth shell or exec"
+                );
+            }
+            let limits = self
+                .limits
+                .limits(self.memory.as_ref(), self.cpus.as_ref())?;
+            let container = ContainerCreate {
+                limits: limits
+                    .assignments()
+                    .into_iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect(),
+                network: match self.network.as_deref() {
+                    None | Some("bridge") => Some(Network::Bridge),
+                    Some("none") => Some(Network::None),
+                    Some(_) => Some(Network::Host),
+                },
+                unprivileged: self.unprivileged,
+            };
+            (None, Some(container))
+        } else {
+            (Some(self.vm_request()?), None)
+        };
+        Ok(InstanceCreate {
+            name: self.name.clone(),
+            image: self.image.clone(),
+            instance_type: if self.container {
+                InstanceType::Container
+            } else {
+                InstanceType::Vm
+            },
+            disk: self.disk,
+            cloud_init,
+            forwards,
+            wait_seconds: (!self.no_wait).then_some(self.timeout),
+            vm,
+            container,
+        })
     }
-    if let Some(flag) = a.limits.given().first() {
-        anyhow::bail!("--{flag} is a container limit; add --container, or leave it out for a VM");
+
+    fn vm_request(&self) -> Result<VmCreate> {
+        if let Some(flag) = self.limits.given().first() {
+            anyhow::bail!(
+                "--{flag} is a container limit; add --container, or leave it out for a VM"
+            );
+        }
+        if self.unprivileged {
+            anyhow::bail!("--unprivileged is for containers (add --container)");
+        }
+        if self.network.is_some() {
+            anyhow::bail!(
+                "--network is for containers (a VM is networked through its own passt, with --forward)"
+            );
+        }
+        let cpus: u32 = match &self.cpus {
+            None => berth_host::requests::VM_CPUS,
+            Some(c) => c
+                .parse()
+                .map_err(|_| anyhow::anyhow!("--cpus {c:?}: a VM takes a whole number of vCPUs"))?,
+        };
+        let typed = self.memory.as_deref().unwrap_or("1G");
+        let memory = size_arg(typed).map_err(|e| anyhow::anyhow!("--memory: {e}"))?;
+        // Checked here, where the value the user typed is known: in whole MiB, `--memory 1` would
+        // be reported as "0 MiB".
+        if memory < berth_api::request::VM_MEMORY_MIN {
+            anyhow::bail!(
+                "--memory {typed} ({memory} bytes) is too small for a Debian guest (at least 256M)"
+            );
+        }
+        let ssh_keys = match &self.ssh_key {
+            Some(k) => {
+                let text = String::from_utf8(read_input(
+                    k,
+                    berth_files::input::PUBLIC_KEY_CAP,
+                    "the public key (--ssh-key)",
+                )?)
+                .map_err(|_| anyhow::anyhow!("{}: the public key is not text", k.display()))?;
+                berth_host::requests::public_keys(std::slice::from_ref(&text), |_| {
+                    k.display().to_string()
+                })?;
+                vec![text]
+            }
+            None => Vec::new(),
+        };
+        Ok(VmCreate {
+            cpus: Some(cpus),
+            memory: Some(memory),
+            kind: match self.kind {
+                KindArg::Auto => None,
+                KindArg::Full => Some(GuestKind::Full),
+                KindArg::Hybrid => Some(GuestKind::Hybrid),
+                KindArg::Paravirt => Some(GuestKind::Paravirt),
+            },
+            accel: match self.accel {
+                AccelArg::Auto => None,
+                AccelArg::Kvm => Some(berth_api::Accel::Kvm),
+                AccelArg::Tcg => Some(berth_api::Accel::Tcg),
+            },
+            ssh_keys,
+            disk_cache: Some(self.disk_cache.clone()),
+        })
     }
-    if a.unprivileged {
-        anyhow::bail!("--unprivileged is for containers (add --container)");
-    }
-    if a.network.is_some() {
-        anyhow::bail!(
-            "--network is for containers (a VM is networked through its own passt, with --forward)"
-        );
-    }
-    let cpus: u32 = match &a.cpus {
-        None => 2,
-        Some(c) => c
-            .parse()
-            .map_err(|_| anyhow::anyhow!("--cpus {c:?}: a VM takes a whole number of vCPUs"))?,
-    };
-    let typed = a.memory.as_deref().unwrap_or("1G");
-    let memory = size_arg(typed).map_err(|e| anyhow::anyhow!("--memory: {e}"))?;
-    // Checked here, where the value the user typed is known: in whole MiB, `--memory 1` would
-    // be reported as "0 MiB".
-    if memory < 256 << 20 {
-        anyhow::bail!(
-            "--memory {typed} ({memory} bytes) is too small for a Debian guest (at least 256M)"
-        );
-    }
-    let o = LaunchOptions {
-        image: a.image,
-        name: a.name.clone(),
-        cpus,
-        memory_mib: memory / (1 << 20),
-        disk: a.disk,
-        cloud_init: a.cloud_init,
-        ssh_key: a.ssh_key,
-        kind: match a.kind {
-            KindArg::Auto => None,
-            KindArg::Full => Some(Kind::Full),
-            KindArg::Hybrid => Some(Kind::Hybrid),
-            KindArg::Paravirt => Some(Kind::Paravirt),
-        },
-        accel: match a.accel {
-            AccelArg::Auto => AccelRequest::Auto,
-            AccelArg::Kvm => AccelRequest::Kvm,
-            AccelArg::Tcg => AccelRequest::Tcg,
-        },
-        forwards: a.forward,
-        disk_cache: a.disk_cache,
-    };
-    let wait = (!a.no_wait).then(|| Duration::from_secs(a.timeout));
-    let started = std::time::Instant::now();
-    let rec = vms()?.launch(&o, wait, &mut |m| {
+}
+
+/// Progress lines on stderr: `NAME: MESSAGE (+SECONDS s)`.
+fn progress_line(e: Event) {
+    if e.kind == EventKind::Progress {
         say(&format!(
-            "{}: {m} (+{:.3} s)",
-            o.name,
-            started.elapsed().as_secs_f64()
-        ))
-    })?;
-    if !a.no_wait {
-        println!(
-            "{} is ready after {:.0} s ({} guest, {}).",
-            o.name,
-            started.elapsed().as_secs_f64(),
-            rec.spec.kind,
-            rec.spec.accel
-        );
-    } else {
-        println!(
-            "{} is starting ({} guest, {}).",
-            o.name, rec.spec.kind, rec.spec.accel
-        );
+            "{}: {} (+{:.3} s)",
+            e.instance,
+            e.message,
+            e.elapsed_ms as f64 / 1000.0
+        ));
     }
-    println!(
-        "Connect with: berth ssh {}   (or: ssh -i {} -p {} {}@127.0.0.1)",
-        o.name,
-        rec.ssh_key.display(),
-        rec.ssh_port,
-        rec.ssh_user
-    );
+}
+
+pub fn launch(a: LaunchArgs) -> Result<Status> {
+    let r = a.request()?;
+    let started = std::time::Instant::now();
+    let i = client::local()?.create(&r, &mut progress_line)?;
+    let waited = r.wait_seconds.is_some();
+    let took = started.elapsed().as_secs_f64();
+    match (&i.vm, &i.container) {
+        (Some(vm), _) => {
+            if waited {
+                println!(
+                    "{} is ready after {took:.0} s ({} guest, {}).",
+                    i.name, vm.kind, vm.accel
+                );
+            } else {
+                println!("{} is starting ({} guest, {}).", i.name, vm.kind, vm.accel);
+            }
+            println!(
+                "Connect with: berth ssh {}   (or: ssh -i {} -p {} {}@127.0.0.1)",
+                i.name, vm.ssh.key, vm.ssh.port, vm.ssh.user
+            );
+        }
+        _ => {
+            if waited {
+                println!("{} is ready after {took:.1} s (system container).", i.name);
+            } else {
+                println!("{} is starting (system container).", i.name);
+            }
+            println!("Get a shell with: berth shell {}", i.name);
+        }
+    }
     Ok(Status(0))
 }
 
 pub fn list(a: ListArgs) -> Result<Status> {
-    let all = vms()?.list()?;
-    let ctl = crate::container::containers()?;
-    let cts = ctl.list()?;
-    let ct_state = |running: bool| if running { "running" } else { "stopped" };
+    let all = client::local()?.list()?;
     if a.json {
-        let mut v: Vec<serde_json::Value> = all
-            .iter()
-            .map(|(row, rec, st)| serde_json::json!({"name": row.name, "type": "vm", "state": st, "kind": rec.spec.kind, "accel": rec.spec.accel, "image": rec.image, "ssh_port": rec.ssh_port, "machine_id": rec.machine_id}))
-            .collect();
-        v.extend(cts.iter().map(|(row, rec, running)| serde_json::json!({"name": row.name, "type": "container", "state": {"state": ct_state(*running), "reason": ctl.reason(row, *running)}, "image": rec.image, "command": rec.args, "limits": rec.limits})));
-        print_json(&v)?;
-    } else {
+        print_json(&all)?;
+        return Ok(Status(0));
+    }
+    println!(
+        "{:<20} {:<9} {:<9} {:<9} {:<5} {:<14} SSH",
+        "NAME", "TYPE", "STATE", "KIND", "ACCEL", "IMAGE"
+    );
+    for i in &all {
+        let (kind, accel, ssh) = match &i.vm {
+            Some(v) => (
+                v.kind.to_string(),
+                v.accel.clone(),
+                format!("127.0.0.1:{}", v.ssh.port),
+            ),
+            None => ("-".into(), "-".into(), "-".into()),
+        };
         println!(
-            "{:<20} {:<9} {:<9} {:<9} {:<5} {:<14} SSH",
-            "NAME", "TYPE", "STATE", "KIND", "ACCEL", "IMAGE"
+            "{:<20} {:<9} {:<9} {:<9} {:<5} {:<14} {ssh}",
+            i.name,
+            i.instance_type.to_string(),
+            i.state.state.to_string(),
+            kind,
+            accel,
+            i.image
         );
-        for (row, rec, st) in &all {
-            println!(
-                "{:<20} {:<9} {:<9} {:<9} {:<5} {:<14} 127.0.0.1:{}",
-                row.name,
-                "vm",
-                st.to_string(),
-                rec.spec.kind.to_string(),
-                rec.spec.accel.to_string(),
-                rec.image,
-                rec.ssh_port
-            );
-        }
-        for (row, rec, running) in &cts {
-            println!(
-                "{:<20} {:<9} {:<9} {:<9} {:<5} {:<14} -",
-                row.name,
-                "container",
-                ct_state(*running),
-                "-",
-                "-",
-                rec.image
-            );
-        }
     }
     Ok(Status(0))
 }
 
 pub fn info(a: InfoArgs) -> Result<Status> {
-    if let Ok(found) = crate::container::containers()?.get(&a.name) {
-        return crate::container::info(found, a.json);
-    }
-    let v = vms()?;
-    let (row, rec) = v.get(&a.name)?;
-    let st = v.state(&row, &rec)?;
-    let uptime = berth_host::vms::qemu_pid(&rec)
-        .and_then(|pid| std::fs::metadata(format!("/proc/{pid}")).ok())
-        .and_then(|m| m.modified().ok())
-        .and_then(|t| t.elapsed().ok())
-        .map(|d| d.as_secs());
-    let usage = v.disk_usage(&rec);
+    let i = client::local()?.info(&a.name)?;
     if a.json {
-        print_json(&serde_json::json!({
-            "name": row.name, "type": "vm", "state": st, "kind": rec.spec.kind, "accel": rec.spec.accel,
-            "cpus": rec.spec.cpus, "memory_mib": rec.spec.memory_mib, "disk_size": rec.disk_size, "disk_usage": usage,
-            "forwards": rec.spec.forwards, "machine_id": rec.machine_id, "image": rec.image, "uptime_seconds": uptime,
-            "ssh": {"user": rec.ssh_user, "port": rec.ssh_port, "key": rec.ssh_key},
-        }))?;
+        print_json(&i)?;
     } else {
-        println!("Name:        {}", row.name);
-        match &st {
-            VmState::Stopped { reason } => println!("State:       stopped ({reason})"),
-            other => println!("State:       {other}"),
-        }
-        println!("Kind:        {} ({})", rec.spec.kind, rec.spec.accel);
-        println!("CPUs:        {}", rec.spec.cpus);
-        println!("Memory:      {} MiB", rec.spec.memory_mib);
-        println!(
-            "Disk:        {} used of {}",
-            human_size(usage),
-            human_size(rec.disk_size)
-        );
-        println!("Image:       {}", rec.image);
-        println!("Machine-id:  {}", rec.machine_id);
-        for f in &rec.spec.forwards {
-            println!("Forward:     127.0.0.1:{} -> {}", f.host, f.guest);
-        }
-        if let Some(u) = uptime {
-            println!("Uptime:      {u} s");
-        }
+        crate::render::info(&i);
     }
     Ok(Status(0))
 }
 
+fn change(
+    name: &str,
+    action: StateAction,
+    force: bool,
+    timeout: Option<u64>,
+    wait: Option<u64>,
+) -> Result<()> {
+    let r = InstanceStateChange {
+        action,
+        force,
+        timeout_seconds: timeout,
+        wait_seconds: wait,
+    };
+    client::local()?.change_state(name, &r, &mut |e| {
+        if e.kind == EventKind::Progress {
+            say(&format!("{}: {}", e.instance, e.message))
+        }
+    })?;
+    Ok(())
+}
+
 pub fn start(a: StartArgs) -> Result<Status> {
-    let wait = (!a.no_wait).then(|| Duration::from_secs(a.timeout));
-    if crate::container::is_container(&a.name) {
-        return crate::container::start(&a.name, wait);
-    }
-    vms()?.start(&a.name, wait, &mut |m| say(&format!("{}: {m}", a.name)))?;
+    change(
+        &a.name,
+        StateAction::Start,
+        false,
+        None,
+        (!a.no_wait).then_some(a.timeout),
+    )?;
     println!("Started {}.", a.name);
     Ok(Status(0))
 }
 
 pub fn stop(a: StopArgs) -> Result<Status> {
-    if crate::container::is_container(&a.name) {
-        crate::container::containers()?.stop(&a.name, a.force, Duration::from_secs(a.timeout))?;
-        println!("Stopped {}.", a.name);
-        return Ok(Status(0));
-    }
-    vms()?.stop(&a.name, a.force, Duration::from_secs(a.timeout))?;
+    change(&a.name, StateAction::Stop, a.force, Some(a.timeout), None)?;
     println!("Stopped {}.", a.name);
     Ok(Status(0))
 }
 
 pub fn restart(a: StopArgs) -> Result<Status> {
-    if crate::container::is_container(&a.name) {
-        crate::container::containers()?.stop(&a.name, a.force, Duration::from_secs(a.timeout))?;
-        crate::container::start(&a.name, Some(Duration::from_secs(300)))?;
-        return Ok(Status(0));
-    }
-    let v = vms()?;
-    v.stop(&a.name, a.force, Duration::from_secs(a.timeout))?;
-    v.start(&a.name, Some(Duration::from_secs(300)), &mut |m| {
-        say(&format!("{}: {m}", a.name))
-    })?;
+    change(
+        &a.name,
+        StateAction::Restart,
+        a.force,
+        Some(a.timeout),
+        None,
+    )?;
     println!("Restarted {}.", a.name);
     Ok(Status(0))
 }
 
 pub fn pause(a: NameArg, p: bool) -> Result<Status> {
-    vms()?.pause(&a.name, p)?;
+    let action = if p {
+        StateAction::Pause
+    } else {
+        StateAction::Resume
+    };
+    change(&a.name, action, false, None, None)?;
     println!("{} {}.", if p { "Paused" } else { "Resumed" }, a.name);
     Ok(Status(0))
 }
 
 pub fn delete(a: DeleteArgs) -> Result<Status> {
-    let cts = crate::container::containers()?;
-    if cts.get(&a.name).is_ok() {
-        cts.delete(&a.name, a.force)?;
-    } else {
-        vms()?.delete(&a.name, a.force)?;
-    }
+    client::local()?.delete(&a.name, &InstanceDelete { force: a.force })?;
     println!("Deleted {}.", a.name);
     Ok(Status(0))
 }
 
+/// Whether NAME is a container (and not a VM or nothing).
+fn is_container(name: &str) -> Result<bool> {
+    Ok(client::local()?.type_of(name)? == InstanceType::Container)
+}
+
 pub fn logs(a: LogsArgs) -> Result<Status> {
-    let path = if crate::container::is_container(&a.name) {
+    let path = if is_container(&a.name)? {
         crate::container::containers()?.console_log(&a.name)?
     } else {
         vms()?.console_log(&a.name)?
@@ -455,7 +529,7 @@ pub fn logs(a: LogsArgs) -> Result<Status> {
 
 /// `berth shell NAME`: a login shell in a container, or an SSH session to a VM.
 pub fn shell(a: NameArg) -> Result<Status> {
-    if crate::container::is_container(&a.name) {
+    if is_container(&a.name)? {
         let exit =
             crate::container::containers()?.exec(&a.name, vec!["/bin/bash".into(), "-l".into()])?;
         return Ok(crate::exit::for_command(exit, None));
@@ -477,7 +551,7 @@ pub fn ssh(a: SshArgs) -> Result<Status> {
 }
 
 pub fn exec(a: ExecArgs) -> Result<Status> {
-    if crate::container::is_container(&a.name) {
+    if is_container(&a.name)? {
         let exit = crate::container::containers()?.exec(&a.name, a.command)?;
         return Ok(crate::exit::for_command(exit, None));
     }
@@ -510,7 +584,7 @@ fn shell_quote(s: &str) -> String {
 }
 
 pub fn console(a: NameArg) -> Result<Status> {
-    let sock = if crate::container::is_container(&a.name) {
+    let sock = if is_container(&a.name)? {
         let c = crate::container::containers()?;
         let path = c.console_socket(&a.name)?;
         // The relay may take a moment to listen after a start.

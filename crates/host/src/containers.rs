@@ -137,8 +137,8 @@ pub struct LaunchOptions {
     pub name: String,
     /// Limits.
     pub limits: Limits,
-    /// The user's cloud-config.
-    pub cloud_init: Option<PathBuf>,
+    /// The user's user-data, checked ([`UserData::accept`]).
+    pub user_data: UserData,
     /// `none`, `host` or `bridge`.
     pub network: String,
     /// TCP forwards: host port -> container port (bridge only).
@@ -234,7 +234,8 @@ impl Containers {
     pub fn list(&self) -> Result<Vec<(InstanceRow, ContainerRecord, bool)>, ContainerError> {
         let mut out = Vec::new();
         for row in self.store.instances()? {
-            if row.kind != "container" {
+            // An instance being created has no record yet (see the executor).
+            if row.kind != "container" || row.spec.is_empty() {
                 continue;
             }
             let (row, rec) = self.get(&row.name)?;
@@ -282,11 +283,6 @@ impl Containers {
                 "invalid instance name {name:?}: use letters, digits, '-', '_' and '.'"
             ))
         })?;
-        if self.store.instance(name)?.is_some() {
-            return Err(ContainerError::Invalid(format!(
-                "an instance named {name:?} already exists"
-            )));
-        }
         limits
             .check()
             .map_err(|e| ContainerError::Invalid(e.to_string()))?;
@@ -348,13 +344,7 @@ impl Containers {
         progress: &mut dyn FnMut(&str),
     ) -> Result<ContainerRecord, ContainerError> {
         self.check_new(&o.name, &o.limits, &o.network, &o.forwards, &o.disk)?;
-        let user = match &o.cloud_init {
-            Some(p) => crate::vms::read_cloud_config(p).map_err(|e| match e {
-                crate::vms::VmError::File(f) => ContainerError::File(f),
-                e => ContainerError::Invalid(e.to_string()),
-            })?,
-            None => UserData::default(),
-        };
+        let user = &o.user_data;
         Hierarchy::detect()?;
         progress("preparing the image's tree");
         let lower = self.lower_for(&o.image, o.unprivileged.then_some(ID_BASE))?;
@@ -439,17 +429,15 @@ impl Containers {
                 machine_id: Some(machine_id),
                 hostname: Some(hostname),
             };
-            self.store.insert_instance(&InstanceRow {
-                name: o.name.clone(),
-                kind: "container".into(),
-                image: o.image.clone(),
-                spec: serde_json::to_string(&rec).expect("record serialises"),
-                desired: "running".into(),
-                note: String::new(),
-                created_at: unix_now() as i64,
-            })?;
+            // The record before anything runs: whatever happens next, a later berth finds it.
+            self.store.set_instance_spec(
+                &o.name,
+                &serde_json::to_string(&rec).expect("record serialises"),
+            )?;
             progress("starting systemd");
-            self.boot(&o.name, &lower, rec)
+            let rec = self.boot(&o.name, &lower, rec)?;
+            self.store.set_instance_state(&o.name, "running", "")?;
+            Ok(rec)
         })();
         let rec = match made {
             Ok(rec) => rec,
@@ -853,6 +841,9 @@ impl Containers {
         end_all(&cgroup)?;
         cgroup.remove()?;
         self.remove_systemd_group(name)?;
+        if rec.system {
+            crate::procs::end(&self.dir(name), crate::procs::console_relay);
+        }
         self.runtime().delete(name)?;
         self.disconnect(name, &rec, false)?;
         self.unmount(name)?;
@@ -990,6 +981,11 @@ impl Containers {
         };
         let mut clock = Clock::start();
         self.check_new(&name, &o.limits, &o.network, &[], &o.disk)?;
+        if self.store.instance(&name)?.is_some() {
+            return Err(ContainerError::Invalid(format!(
+                "an instance named {name:?} already exists"
+            )));
+        }
         clock.mark("checks");
         if o.args.is_empty() {
             return Err(ContainerError::Invalid(
@@ -1017,6 +1013,10 @@ impl Containers {
             machine_id: None,
             hostname: None,
         };
+        // Its own machine-id, registered like every guest's: systemd and D-Bus code in the
+        // command (journald, dbus-daemon, anything keyed by /etc/machine-id) sees a unique one.
+        let machine_id = crate::machine_ids::allocate(&self.store, "container", &name)?;
+        rec.machine_id = Some(machine_id.to_string());
         let row = InstanceRow {
             name: name.clone(),
             kind: "container".into(),
@@ -1026,7 +1026,10 @@ impl Containers {
             note: String::new(),
             created_at: unix_now() as i64,
         };
-        self.store.insert_instance(&row)?;
+        if let Err(e) = self.store.insert_instance(&row) {
+            let _ = self.store.release_machine_id("container", &name);
+            return Err(e.into());
+        }
         clock.mark("state row");
         let result = self.run_inner(&name, &lower, &cgroup, &mut rec, o, &mut clock);
         // Whatever happened, the container's process is gone or reaped by now.
@@ -1044,7 +1047,13 @@ impl Containers {
         if o.rm || result.is_err() {
             let cleaned = self
                 .disconnect(&name, &rec, true)
-                .and_then(|_| self.remove_all(&name, &cgroup, false));
+                .and_then(|_| self.remove_all(&name, &cgroup, false))
+                .and_then(|_| {
+                    Ok(self
+                        .store
+                        .release_machine_id("container", &name)
+                        .map(drop)?)
+                });
             clock.mark("removed");
             result.and_then(|code| cleaned.map(|_| code))
         } else {
@@ -1077,6 +1086,9 @@ impl Containers {
         let overlay = self.overlay_for(name, lower, o.disk);
         if o.network != "none" {
             write_network_files(&overlay.upper, &o.network)?;
+        }
+        if let Some(id) = &rec.machine_id {
+            write_machine_id(&overlay.upper, id)?;
         }
         if let Some(base) = rec.id_base {
             std::fs::create_dir_all(&overlay.upper).map_err(io("creating", &overlay.upper))?;
@@ -1128,16 +1140,36 @@ impl Containers {
         // Our cgroup first, child groups included (systemd makes them, and libcontainer's own
         // removal gives up on a group that has children).
         cgroup.remove()?;
+        let dir = self.dir(name);
         if system {
             self.remove_systemd_group(name)?;
+            crate::procs::end(&dir, crate::procs::console_relay);
         }
         self.runtime().delete(name)?;
-        let dir = self.dir(name);
+        if system {
+            // libcontainer made the group in every hierarchy; its delete of a create cut short
+            // may not have removed them.
+            let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")
+                .map_err(io("reading", Path::new("/proc/self/mountinfo")))?;
+            cgroup.remove_everywhere(&mountinfo)?;
+        }
         self.unmount(name)?;
         if dir.exists() {
             std::fs::remove_dir_all(&dir).map_err(io("removing", &dir))?;
         }
         self.store.delete_instance(name)?;
+        Ok(())
+    }
+
+    /// Clear what a launch cut short before it wrote the container's record left: anything in
+    /// its cgroup (an init cloned before the kill), the cgroup, runtime state, mounts (overlay,
+    /// its own disk), its folder, its machine-id and its row. Its network is set up only after
+    /// the record is written, so there is none.
+    pub fn purge(&self, name: &str) -> Result<(), ContainerError> {
+        let cgroup = Cgroup::new(Hierarchy::detect()?, format!("berth/{name}"));
+        end_all(&cgroup)?;
+        self.remove_all(name, &cgroup, true)?;
+        self.store.release_machine_id("container", name)?;
         Ok(())
     }
 
@@ -1156,6 +1188,18 @@ impl Containers {
         self.store.release_machine_id("container", name)?;
         Ok(())
     }
+}
+
+/// `/etc/machine-id` in a container's upper layer (before it is mounted, so nothing in the
+/// image can redirect the write), 0444 as systemd makes it.
+fn write_machine_id(upper: &Path, id: &str) -> Result<(), ContainerError> {
+    use std::os::unix::fs::PermissionsExt;
+    let etc = upper.join("etc");
+    std::fs::create_dir_all(&etc).map_err(io("creating", &etc))?;
+    let path = etc.join("machine-id");
+    std::fs::write(&path, format!("{id}\n")).map_err(io("writing", &path))?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o444))
+        .map_err(io("setting the mode of", &path))
 }
 
 /// What a system container runs with (`console`: the pty that becomes its /dev/console).

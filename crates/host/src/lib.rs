@@ -4,7 +4,11 @@
 
 pub mod containers;
 pub mod dirs;
+pub mod executor;
 pub mod images;
+pub mod locks;
 pub mod machine_ids;
 mod passt;
+pub mod procs;
+pub mod requests;
 pub mod vms;

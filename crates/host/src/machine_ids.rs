@@ -2,6 +2,7 @@
 //! image found in the image store (or named by the user), with its machine-id; any id seen twice
 //! is flagged (the classic problem of cloned images sharing one).
 
+use crate::dirs::Dirs;
 use berth_disk::BackingPolicy;
 use berth_identity::image_fs::ImageFs;
 use berth_identity::machine_id::{Found, MachineId};
@@ -39,6 +40,28 @@ pub struct Audit {
 pub fn allocate(store: &Store, kind: &str, name: &str) -> Result<MachineId, StateError> {
     let id = store.allocate_machine_id(kind, name, || MachineId::generate().to_string())?;
     Ok(MachineId::parse(&id).expect("generated ids are valid"))
+}
+
+/// A fresh id for the data dir's registry: registered to `owner` (kind, name) when given,
+/// else only drawn so that no registered guest has it.
+pub fn new_id(dirs: &Dirs, owner: Option<(&str, &str)>) -> Result<MachineId, StateError> {
+    let store = Store::open(&dirs.root)?;
+    match owner {
+        Some((kind, name)) => allocate(&store, kind, name),
+        None => loop {
+            let id = MachineId::generate();
+            if store.machine_id_holder(&id.to_string())?.is_none() {
+                return Ok(id);
+            }
+        },
+    }
+}
+
+/// [`audit`] of the data dir's registry and image store, plus `paths`.
+pub fn audit_dirs(dirs: &Dirs, paths: &[PathBuf]) -> Result<Audit, StateError> {
+    let store = Store::open(&dirs.root)?;
+    let policy = BackingPolicy::new(Some(dirs.images()), Vec::new());
+    audit(&store, &[dirs.images()], paths, &policy)
 }
 
 /// Images to audit: regular files directly in `dir` (not recursive), sorted.

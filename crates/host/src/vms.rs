@@ -11,7 +11,6 @@ use crate::dirs::Dirs;
 use crate::images::{check_name, ImageError, Store as ImageStore};
 use berth_cloudinit::compose::UserData;
 use berth_cloudinit::config::{GuestConfig, User};
-use berth_cloudinit::schema::Severity;
 use berth_cloudinit::seed::{self, SeedFiles, SeedFormat};
 use berth_disk::ops::{self, CreateOptions};
 use berth_disk::{BackingPolicy, Format};
@@ -162,10 +161,10 @@ pub struct LaunchOptions {
     pub memory_mib: u64,
     /// Disk size (at least the image's).
     pub disk: Option<u64>,
-    /// The user's cloud-config.
-    pub cloud_init: Option<PathBuf>,
-    /// A public key to authorize (besides berth's own).
-    pub ssh_key: Option<PathBuf>,
+    /// The user's user-data, checked ([`UserData::accept`]).
+    pub user_data: UserData,
+    /// Public keys (authorized_keys lines) to authorize besides berth's own.
+    pub extra_keys: Vec<String>,
     /// Guest kind; `None` picks [`default_kind`] for the image.
     pub kind: Option<Kind>,
     /// Accelerator.
@@ -220,43 +219,6 @@ fn check_port(port: u16) -> Result<(), VmError> {
         })
 }
 
-/// Read a user's cloud-config and refuse it, naming FILE:LINE:COLUMN, when cloud-init's schema
-/// finds errors (warnings pass).
-pub fn read_cloud_config(p: &Path) -> Result<UserData, VmError> {
-    let t = berth_files::input::read_capped(
-        p,
-        berth_files::input::USER_DATA_CAP,
-        "the user-data (--cloud-init)",
-    )?;
-    let (_, problems) =
-        berth_cloudinit::userdata::validate_bytes(&t, Some(Path::new("/usr/share/zoneinfo")));
-    let errors: Vec<String> = problems
-        .iter()
-        .filter(|x| x.severity == Severity::Error)
-        .map(|x| {
-            format!(
-                "{}:{}:{}: {}{}",
-                p.display(),
-                x.line,
-                x.column,
-                if x.path.is_empty() {
-                    String::new()
-                } else {
-                    format!("{}: ", x.path)
-                },
-                x.message
-            )
-        })
-        .collect();
-    if !errors.is_empty() {
-        return Err(VmError::Invalid(format!(
-            "the cloud-config has errors; nothing was created:\n{}",
-            errors.join("\n")
-        )));
-    }
-    UserData::split(&t).map_err(|e| VmError::Invalid(format!("{}: {e}", p.display())))
-}
-
 /// Refuse a host port given twice: only one of the forwards could win, silently.
 pub(crate) fn check_forwards(hosts: impl Iterator<Item = u16>) -> Result<(), VmError> {
     let mut seen = std::collections::BTreeSet::new();
@@ -269,24 +231,6 @@ pub(crate) fn check_forwards(hosts: impl Iterator<Item = u16>) -> Result<(), VmE
         }
     }
     Ok(())
-}
-
-/// The public keys in a user's `--ssh-key` file, as authorized_keys lines.
-fn read_public_keys(k: &Path) -> Result<Vec<String>, VmError> {
-    let text = berth_files::input::read_text_capped(
-        k,
-        berth_files::input::PUBLIC_KEY_CAP,
-        "the public key (--ssh-key)",
-    )?;
-    let parsed = berth_identity::authorized_keys::parse(&text)
-        .map_err(|e| VmError::Invalid(format!("{}: {e}", k.display())))?;
-    if parsed.is_empty() {
-        return Err(VmError::Invalid(format!(
-            "{} holds no public key",
-            k.display()
-        )));
-    }
-    Ok(parsed.iter().map(|p| p.public_line()).collect())
 }
 
 /// A console log as text (empty when it cannot be read).
@@ -523,7 +467,8 @@ impl Vms {
     pub fn list(&self) -> Result<Vec<(InstanceRow, VmRecord, VmState)>, VmError> {
         let mut out = Vec::new();
         for row in self.store.instances()? {
-            if row.kind != "vm" {
+            // An instance being created has no record yet (see the executor).
+            if row.kind != "vm" || row.spec.is_empty() {
                 continue;
             }
             let (row, rec) = self.get(&row.name)?;
@@ -569,8 +514,11 @@ impl Vms {
         }
     }
 
-    /// Create and start a VM. Returns its record; with `wait`, also waits until SSH answers and
-    /// cloud-init has finished.
+    /// Create and start a VM under the row the executor has made for it (desired `creating`,
+    /// no record yet): the record is written before QEMU starts, `running` once it has. Any
+    /// failure before that takes back what was made and the row; with `wait`, the launch also
+    /// waits until SSH answers and cloud-init has finished (a guest that does not get ready is
+    /// kept, for inspection).
     pub fn launch(
         &self,
         o: &LaunchOptions,
@@ -583,12 +531,6 @@ impl Vms {
                 o.name
             ))
         })?;
-        if self.store.instance(&o.name)?.is_some() {
-            return Err(VmError::Invalid(format!(
-                "an instance named {:?} already exists",
-                o.name
-            )));
-        }
         if o.cpus == 0 || o.cpus > 64 {
             return Err(VmError::Invalid(format!(
                 "--cpus {} is out of range (1-64)",
@@ -602,15 +544,8 @@ impl Vms {
             )));
         }
         check_forwards(o.forwards.iter().map(|f| f.host))?;
-        // The user's files first: a bad one is reported before anything else is looked at.
-        let user = match &o.cloud_init {
-            Some(p) => read_cloud_config(p)?,
-            None => UserData::default(),
-        };
-        let extra_keys = match &o.ssh_key {
-            Some(k) => read_public_keys(k)?,
-            None => Vec::new(),
-        };
+        let user = &o.user_data;
+        let extra_keys = &o.extra_keys;
         let images = ImageStore::new(&self.dirs);
         let image = images.get(&o.image)?;
         let kind = o.kind.unwrap_or_else(|| default_kind(&image.recipe));
@@ -738,20 +673,16 @@ impl Vms {
                 disk_size,
                 image: o.image.clone(),
             };
-            let row = InstanceRow {
-                name: o.name.clone(),
-                kind: "vm".into(),
-                image: o.image.clone(),
-                spec: serde_json::to_string(&rec).unwrap_or_default(),
-                desired: "running".into(),
-                note: String::new(),
-                created_at: 0,
-            };
-            self.store.insert_instance(&row)?;
+            // The record before QEMU: whatever happens next, a later berth finds the guest.
+            self.store.set_instance_spec(
+                &o.name,
+                &serde_json::to_string(&rec).expect("record serialises"),
+            )?;
             progress("starting QEMU");
             // An imported disk may not be clean; only berth's own image is known to be.
             let fresh_root = !image.recipe.starts_with(crate::images::IMPORTED_RECIPE);
             self.spawn(&qemu, &rec, fresh_root)?;
+            self.store.set_instance_state(&o.name, "running", "")?;
             Ok(rec)
         })();
         let rec = match created {
@@ -1088,6 +1019,22 @@ impl Vms {
         // A passt whose QEMU never connected (berth killed between the two) ends here.
         crate::passt::end(&passt_socket(&rec.spec));
         let dir = self.dir(name);
+        // And a QEMU that was still daemonizing, without a pidfile, when its launcher died.
+        crate::procs::end(&dir, crate::procs::vm_helper);
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir).map_err(io("removing", &dir))?;
+        }
+        self.store.release_machine_id("vm", name)?;
+        self.store.delete_instance(name)?;
+        Ok(())
+    }
+
+    /// Clear what a launch cut short before it wrote the VM's record left: its folder (disk
+    /// overlay, seed), its machine-id and its row. QEMU starts only after the record is
+    /// written, so nothing of it should run; whatever does is ended all the same.
+    pub fn purge(&self, name: &str) -> Result<(), VmError> {
+        let dir = self.dir(name);
+        crate::procs::end(&dir, crate::procs::vm_helper);
         if dir.exists() {
             std::fs::remove_dir_all(&dir).map_err(io("removing", &dir))?;
         }
