@@ -73,6 +73,8 @@ pub fn run(cmd: ImageCommand) -> Result<Status> {
             size,
             mirror,
         } => {
+            // A build is minutes of work: it finishes whether or not anyone still reads.
+            berth_container::direct::ignore_sigpipe();
             let name = name.unwrap_or_else(|| recipe.clone());
             let mirror = mirror
                 .or_else(|| {
@@ -108,12 +110,13 @@ pub fn run(cmd: ImageCommand) -> Result<Status> {
                 })?;
             pb.finish_and_clear();
             if cached {
-                println!(
+                crate::output::tell!(
                     "Image {} is up to date (recipe {}).",
-                    meta.name, meta.recipe
+                    meta.name,
+                    meta.recipe
                 );
             } else {
-                println!(
+                crate::output::tell!(
                     "Built image {} ({} {}, {}) in {:.0} s.",
                     meta.name,
                     meta.os,

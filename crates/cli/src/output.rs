@@ -34,3 +34,23 @@ pub fn progress_bar(label: &str) -> ProgressBar {
 pub fn dirs() -> Result<Dirs> {
     Ok(Dirs::from_env(rustix::process::geteuid().as_raw())?)
 }
+
+/// `println!` for commands that must outlive their reader (`launch`, `image build`, after
+/// [`berth_container::direct::ignore_sigpipe`]): a write to a reader that went away is dropped,
+/// where `println!` would panic and SIGPIPE's default would end berth halfway through its work.
+macro_rules! tell {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
+/// [`tell!`] on stderr.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
+pub(crate) use {say, tell};

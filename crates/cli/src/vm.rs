@@ -203,7 +203,7 @@ pub fn vms() -> Result<Vms> {
 }
 
 fn say(msg: &str) {
-    eprintln!("{msg}");
+    crate::output::say!("{msg}");
 }
 
 /// A file's bytes for a request field, read as berth reads every file a user names.
@@ -356,6 +356,8 @@ fn progress_line(e: Event) {
 }
 
 pub fn launch(a: LaunchArgs) -> Result<Status> {
+    // The guest is made whether or not anyone still reads what berth says about it.
+    berth_container::direct::ignore_sigpipe();
     let r = a.request()?;
     let started = std::time::Instant::now();
     let i = client::local()?.create(&r, &mut progress_line)?;
@@ -364,25 +366,30 @@ pub fn launch(a: LaunchArgs) -> Result<Status> {
     match (&i.vm, &i.container) {
         (Some(vm), _) => {
             if waited {
-                println!(
+                crate::output::tell!(
                     "{} is ready after {took:.0} s ({} guest, {}).",
-                    i.name, vm.kind, vm.accel
+                    i.name,
+                    vm.kind,
+                    vm.accel
                 );
             } else {
-                println!("{} is starting ({} guest, {}).", i.name, vm.kind, vm.accel);
+                crate::output::tell!("{} is starting ({} guest, {}).", i.name, vm.kind, vm.accel);
             }
-            println!(
+            crate::output::tell!(
                 "Connect with: berth ssh {}   (or: ssh -i {} -p {} {}@127.0.0.1)",
-                i.name, vm.ssh.key, vm.ssh.port, vm.ssh.user
+                i.name,
+                vm.ssh.key,
+                vm.ssh.port,
+                vm.ssh.user
             );
         }
         _ => {
             if waited {
-                println!("{} is ready after {took:.1} s (system container).", i.name);
+                crate::output::tell!("{} is ready after {took:.1} s (system container).", i.name);
             } else {
-                println!("{} is starting (system container).", i.name);
+                crate::output::tell!("{} is starting (system container).", i.name);
             }
-            println!("Get a shell with: berth shell {}", i.name);
+            crate::output::tell!("Get a shell with: berth shell {}", i.name);
         }
     }
     Ok(Status(0))

@@ -289,3 +289,30 @@ fn every_berth_run_container_has_its_own_registered_machine_id() {
     assert!(registered(&state, &name).is_empty());
     assert_eq!(leftovers(&state, &name), Vec::<String>::new());
 }
+
+#[test]
+fn a_launch_whose_reader_goes_away_still_makes_its_instance() {
+    e2e_image();
+    let state = e2e_dir();
+    // `berth image build` and `berth launch` with both pipes closed before they write.
+    let gone = |args: &[&str]| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_berth"))
+            .args(args)
+            .env("BERTH_DIR", &state)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(c.stdout.take());
+        drop(c.stderr.take());
+        c.wait().unwrap()
+    };
+    assert!(gone(&["image", "build", "debian-12"]).success());
+    let name = format!("gone-{}", std::process::id());
+    let st = gone(&["launch", "debian-12", &name, "--container", "--no-wait"]);
+    assert!(st.success(), "{st}");
+    let i = listed(&state, &name).expect("listed");
+    assert_eq!(i["state"]["state"], "running", "{i}");
+    run_ok(&state, &["delete", "--force", &name]);
+    assert_eq!(leftovers(&state, &name), Vec::<String>::new());
+}

@@ -309,6 +309,7 @@ impl Executor {
     ) -> Result<(), Error> {
         let ty = self.type_of(name)?;
         let _lock = locks::acquire(&self.dirs, name, &r.action.to_string())?;
+        self.made(name)?;
         let timeout = r.timeout_seconds.map_or(STOP_TIMEOUT, Duration::from_secs);
         let wait = r.wait_seconds.map(Duration::from_secs);
         let mut p = Progress {
@@ -356,6 +357,19 @@ impl Executor {
         };
         p.emit(EventKind::Lifecycle, done);
         Ok(())
+    }
+
+    /// Refuse to change an instance whose creation was cut short (the lock is held, so its
+    /// creator is gone): only `delete --force` applies to it.
+    fn made(&self, name: &str) -> Result<(), Error> {
+        match self.store.instance(name).map_err(state_error)? {
+            Some(row) if row.desired == CREATING => Err(Error::conflict(format!(
+                "{name} was never finished: its creation was cut short; \
+                 `berth delete --force {name}` removes what is left"
+            ))),
+            Some(_) => Ok(()),
+            None => Err(Error::no_instance(name)),
+        }
     }
 
     fn vm_start(&self, name: &str, wait: Option<Duration>, p: &mut Progress) -> Result<(), Error> {
@@ -412,6 +426,7 @@ impl Executor {
             ));
         }
         let _lock = locks::acquire(&self.dirs, name, "set")?;
+        self.made(name)?;
         self.containers
             .set(name, &r.limits)
             .map(drop)

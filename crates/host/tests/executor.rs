@@ -63,6 +63,16 @@ fn a_creation_cut_short_is_listed_as_broken_and_delete_clears_it() {
         i.state.reason
     );
     assert!(i.vm.is_none() && i.container.is_none());
+    // Only delete applies to it.
+    let start = berth_api::InstanceStateChange {
+        action: berth_api::StateAction::Start,
+        force: false,
+        timeout_seconds: None,
+        wait_seconds: None,
+    };
+    let e = ex.change_state("web", &start, &mut |_| {}).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Conflict);
+    assert!(e.message.contains("delete --force web"), "{e}");
     // The name stays taken until it is cleared.
     let e = ex.create(&vm_request("web"), &mut |_| {}).unwrap_err();
     assert_eq!(e.kind, ErrorKind::Conflict, "{e}");
