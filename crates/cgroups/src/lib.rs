@@ -485,7 +485,6 @@ impl Cgroup {
     /// controllers berth uses: a runtime such as libcontainer makes the group in every v1
     /// hierarchy (freezer, net_cls, perf_event...). The groups must be empty.
     pub fn remove_everywhere(&self, mountinfo: &str) -> Result<(), CgroupError> {
-        self.remove()?;
         for line in mountinfo.lines() {
             let fields: Vec<&str> = line.split(' ').collect();
             let Some(dash) = fields.iter().position(|f| *f == "-") else {

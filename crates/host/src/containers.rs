@@ -1049,10 +1049,10 @@ impl Containers {
                 .disconnect(&name, &rec, true)
                 .and_then(|_| self.remove_all(&name, &cgroup, false))
                 .and_then(|_| {
-                    Ok(self
-                        .store
+                    self.store
                         .release_machine_id("container", &name)
-                        .map(drop)?)
+                        .map(drop)
+                        .map_err(ContainerError::from)
                 });
             clock.mark("removed");
             result.and_then(|code| cleaned.map(|_| code))

@@ -347,20 +347,7 @@ impl Recipe {
 
 /// Valid image and instance names.
 pub fn check_name(name: &str) -> Result<(), ImageError> {
-    let ok = !name.is_empty()
-        && name.len() <= 63
-        && name
-            .chars()
-            .next()
-            .is_some_and(|c| c.is_ascii_alphanumeric())
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
-    if ok {
-        Ok(())
-    } else {
-        Err(ImageError::BadName(name.to_string()))
-    }
+    berth_api::check_name(name).map_err(|_| ImageError::BadName(name.to_string()))
 }
 
 /// A build phase, for progress display.

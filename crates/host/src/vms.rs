@@ -1016,22 +1016,14 @@ impl Vms {
             }
             self.kill(name, &rec)?;
         }
-        // A passt whose QEMU never connected (berth killed between the two) ends here.
-        crate::passt::end(&passt_socket(&rec.spec));
-        let dir = self.dir(name);
-        // And a QEMU that was still daemonizing, without a pidfile, when its launcher died.
-        crate::procs::end(&dir, crate::procs::vm_helper);
-        if dir.exists() {
-            std::fs::remove_dir_all(&dir).map_err(io("removing", &dir))?;
-        }
-        self.store.release_machine_id("vm", name)?;
-        self.store.delete_instance(name)?;
-        Ok(())
+        self.purge(name)
     }
 
-    /// Clear what a launch cut short before it wrote the VM's record left: its folder (disk
-    /// overlay, seed), its machine-id and its row. QEMU starts only after the record is
-    /// written, so nothing of it should run; whatever does is ended all the same.
+    /// Remove a VM that is not running by berth's account: its folder (disk overlay, seed),
+    /// its machine-id and its row, after ending any QEMU or passt whose command line names the
+    /// folder (a passt whose QEMU never connected, a QEMU that was still daemonizing, without
+    /// a pidfile, when its launcher died). Also what clears a launch cut short before it wrote
+    /// the VM's record.
     pub fn purge(&self, name: &str) -> Result<(), VmError> {
         let dir = self.dir(name);
         crate::procs::end(&dir, crate::procs::vm_helper);
