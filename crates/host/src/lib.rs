@@ -11,4 +11,5 @@ pub mod machine_ids;
 mod passt;
 pub mod procs;
 pub mod requests;
+mod ssh_probe;
 pub mod vms;

@@ -107,6 +107,13 @@ pub fn start(spec: &VmSpec) -> Result<(), String> {
     }
 }
 
+/// Whether the guest behind passt's `socket` has taken its DHCP lease, from passt's log (see
+/// [`berth_qemu::passt::guest_has_address`]).
+pub fn guest_has_address(socket: &Path) -> bool {
+    let (_, log) = files(socket);
+    std::fs::read_to_string(log).is_ok_and(|t| berth_qemu::passt::guest_has_address(&t))
+}
+
 /// Whether a unix socket at `path` is listening (`/proc/net/unix`, flag `__SO_ACCEPTCON`).
 /// Connecting to find out would use up passt's one client.
 fn listening(path: &Path) -> bool {

@@ -366,49 +366,9 @@ fn cloud_init_errors(text: &str) -> Result<Vec<String>, String> {
         .collect())
 }
 
-/// Whether an SSH server answers on loopback `port` with its identification line, on one
-/// connection held for up to `wait` (read in short slices, so that `alive` can say QEMU has
-/// gone). passt accepts on the host side at once and connects to the guest only when the client
-/// has sent something, so berth sends its own identification first; it then holds the
-/// connection until the guest answers or passt gives up on it (about 10 s while the guest has no
-/// address), rather than opening new ones: this passt (Debian 12's) spins on the CPU, taking it
-/// from the booting guest, when clients close connections it is still opening.
-fn ssh_banner(port: u16, wait: Duration, alive: &dyn Fn() -> bool) -> bool {
-    use std::io::{Read, Write};
-    let start = Instant::now();
-    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-    let slice = Duration::from_millis(500);
-    let Ok(mut s) = std::net::TcpStream::connect_timeout(&addr, slice.min(wait)) else {
-        return false;
-    };
-    if s.write_all(b"SSH-2.0-berth-probe\r\n").is_err() {
-        return false;
-    }
-    let mut buf = [0u8; 4];
-    let mut got = 0;
-    loop {
-        let left = wait.saturating_sub(start.elapsed());
-        if left.is_zero() || !alive() {
-            return false;
-        }
-        let _ = s.set_read_timeout(Some(slice.min(left)));
-        match s.read(&mut buf[got..]) {
-            Ok(0) => return false,
-            Ok(n) => {
-                got += n;
-                if got == buf.len() {
-                    return &buf == b"SSH-";
-                }
-            }
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) => {}
-            Err(_) => return false,
-        }
-    }
-}
+/// How long `wait_ready` waits for the guest's DHCP lease before it probes SSH anyway (a guest
+/// with a static address takes none).
+const UNLEASED_PROBE: Duration = Duration::from_secs(60);
 
 fn ssh_base(rec: &VmRecord, dir: &Path) -> Command {
     let mut c = Command::new("ssh");
@@ -834,18 +794,17 @@ impl Vms {
         // First the guest's sshd banner on the forwarded port, cheaply: an SSH login attempt
         // before sshd listens costs seconds and a failed one was followed by a 1 s pause.
         let alive = || qemu_pid(rec).is_some();
-        loop {
+        // Not before the guest has its address (or, for a guest that takes none over DHCP, a
+        // while): until then passt can only hold the probe's connections (see `ssh_probe`).
+        let socket = passt_socket(&rec.spec);
+        while !crate::passt::guest_has_address(&socket) && start.elapsed() < UNLEASED_PROBE {
             if !alive() {
                 return Err(stopped());
             }
-            let left = limit.saturating_sub(start.elapsed());
-            if ssh_banner(rec.ssh_port, left.min(Duration::from_secs(30)), &alive) {
-                break;
-            }
-            if start.elapsed() > limit {
-                return Err(silent());
-            }
-            std::thread::sleep(Duration::from_millis(100));
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        if !crate::ssh_probe::answers(rec.ssh_port, limit.saturating_sub(start.elapsed()), &alive) {
+            return Err(if alive() { silent() } else { stopped() });
         }
         // One SSH session per attempt that, once in, waits for the file cloud-init writes when
         // its last stage ends and prints it: what `cloud-init status --wait` reads, without
@@ -867,6 +826,12 @@ impl Vms {
                 .output()
                 .map_err(|e| fail(format!("running ssh: {e}")))?;
             let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            tracing::debug!(
+                at_ms = start.elapsed().as_millis() as u64,
+                status = %out.status,
+                in_guest = text.starts_with("ssh-up\n"),
+                "SSH readiness session ended"
+            );
             if let Some(result) = text.strip_prefix("ssh-up\n") {
                 if !announced {
                     announced = true;
@@ -1103,44 +1068,6 @@ mod tests {
             err(""),
             "g: SSH did not answer\n--- last lines of the console (/x/console.log) ---\nlast"
         );
-    }
-
-    #[test]
-    fn an_ssh_server_is_told_by_its_identification_line() {
-        use std::io::Write;
-        // `ssh_banner` against a local listener whose one connection `serve` handles.
-        fn check(wait: Duration, serve: fn(std::net::TcpStream)) -> bool {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            let port = l.local_addr().unwrap().port();
-            let t = std::thread::spawn(move || serve(l.accept().unwrap().0));
-            let seen = ssh_banner(port, wait, &|| true);
-            t.join().unwrap();
-            seen
-        }
-        let wait = Duration::from_millis(500);
-        // sshd: answers with its version line.
-        assert!(check(wait, |mut c| c
-            .write_all(b"SSH-2.0-OpenSSH_9.2p1\r\n")
-            .unwrap()));
-        // sshd that reads berth's identification before it answers.
-        assert!(check(wait, |mut c| {
-            use std::io::Read;
-            let mut id = [0u8; 21];
-            c.read_exact(&mut id).unwrap();
-            assert_eq!(&id, b"SSH-2.0-berth-probe\r\n");
-            c.write_all(b"SSH-2.0-OpenSSH_9.2p1\r\n").unwrap()
-        }));
-        // Nothing listening in the guest: accepted, then closed.
-        assert!(!check(wait, drop));
-        // A guest that has no address yet: accepted, silent.
-        assert!(!check(Duration::from_millis(200), |c| {
-            std::thread::sleep(Duration::from_millis(800));
-            drop(c);
-        }));
-        // Another service on the port.
-        assert!(!check(wait, |mut c| c
-            .write_all(b"HTTP/1.1 400 Bad Request\r\n")
-            .unwrap()));
     }
 
     #[test]

@@ -26,17 +26,13 @@ pub fn mtu(kind: Kind) -> u32 {
 
 /// passt's arguments for one guest: in the foreground (berth detaches it and keeps its pid), for
 /// one QEMU only, no gateway mapped to the host, the forwards on 127.0.0.1, its log in `log`.
+/// Not `--quiet`: at passt's default level the log says when the guest takes its DHCP lease
+/// ([`guest_has_address`]), a few lines per boot (passt caps its log file at 1 MiB).
 pub fn argv(socket: &Path, log: &Path, forwards: &[Forward], kind: Kind) -> Vec<String> {
-    let mut a: Vec<String> = [
-        "--foreground",
-        "--one-off",
-        "--quiet",
-        "--no-map-gw",
-        "--socket",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let mut a: Vec<String> = ["--foreground", "--one-off", "--no-map-gw", "--socket"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
     a.push(socket.display().to_string());
     a.push("--log-file".into());
     a.push(log.display().to_string());
@@ -51,6 +47,13 @@ pub fn argv(socket: &Path, log: &Path, forwards: &[Forward], kind: Kind) -> Vec<
     }
     a.extend(["--udp-ports".into(), "none".into()]);
     a
+}
+
+/// Whether passt's log (as [`argv`] has it written) shows that the guest has taken its IPv4
+/// address: passt answered its DHCP request. Until then a connection to a forwarded port cannot
+/// reach the guest, and passt holds it until its SYN timeout (10 s) instead of failing it.
+pub fn guest_has_address(log: &str) -> bool {
+    log.lines().any(|l| l.contains("DHCP: ack to request"))
 }
 
 /// QEMU's `-netdev` for a guest on passt's socket.
@@ -84,7 +87,7 @@ mod tests {
         );
         assert_eq!(
             a.join(" "),
-            "--foreground --one-off --quiet --no-map-gw --socket /v/passt.sock --log-file /v/passt.log \
+            "--foreground --one-off --no-map-gw --socket /v/passt.sock --log-file /v/passt.log \
              --mtu 65520 --tcp-ports 127.0.0.1/40022:22 --tcp-ports 127.0.0.1/8080:80 \
              --udp-ports none"
         );
@@ -94,5 +97,23 @@ mod tests {
             netdev(Path::new("/v/passt.sock")),
             "stream,id=net0,server=off,addr.type=unix,addr.path=/v/passt.sock"
         );
+    }
+
+    #[test]
+    fn the_guest_has_its_address_once_passt_acked_its_dhcp_request() {
+        // As Debian 12's passt writes it (seen in a guest's passt.log here).
+        let booting = "0.9316: info:    Template interface: eth0 (IPv4), eth0 (IPv6)\n\
+                       0.9317: info:    DHCP:\n\
+                       0.9317: info:        assign: 192.0.2.2\n\
+                       0.9951: info:    accepted connection from PID 11194\n\
+                       23.0617: info:    DHCP: offer to discover\n\
+                       23.0617: info:        from 52:54:00:12:34:56\n";
+        assert!(!guest_has_address(booting));
+        assert!(!guest_has_address(""));
+        let leased = format!(
+            "{booting}23.0690: info:    DHCP: ack to request\n\
+             23.0690: info:        from 52:54:00:12:34:56\n"
+        );
+        assert!(guest_has_address(&leased));
     }
 }
