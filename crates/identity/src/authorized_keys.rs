@@ -283,7 +283,12 @@ pub fn add_key_lines(keys: &[KeyLine], authorized_keys: &Path) -> Result<usize, 
         source,
     })?;
     if added > 0 || existing.is_empty() {
-        crate::fsutil::write_atomic(authorized_keys, text.as_bytes(), mode, "authorized_keys")?;
+        berth_files::output::write_atomic(
+            authorized_keys,
+            text.as_bytes(),
+            mode,
+            "authorized_keys",
+        )?;
     }
     Ok(added)
 }

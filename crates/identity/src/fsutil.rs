@@ -1,20 +1,8 @@
-//! Small file helpers shared by the identity modules: atomic writes with a chosen mode (through
-//! `berth-files`), folders with a chosen mode.
+//! Folders with a chosen mode, for the identity modules (their files are written by
+//! `berth_files::output::write_atomic`, berth's one atomic writer).
 
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::Path;
-
-/// Write `data` to `path` atomically (temporary file, fsync, rename) with exactly `mode`,
-/// whatever the umask and whatever mode a replaced file had; anything but a regular file at
-/// `path` is refused (see `berth_files::output`).
-pub fn write_atomic(
-    path: &Path,
-    data: &[u8],
-    mode: u32,
-    what: &str,
-) -> Result<(), berth_files::FileError> {
-    berth_files::output::write_atomic(path, data, mode, what)
-}
 
 /// Create `dir` (and parents) if missing; a folder created here gets `mode`.
 pub fn ensure_dir(dir: &Path, mode: u32) -> std::io::Result<()> {

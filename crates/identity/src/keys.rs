@@ -160,13 +160,13 @@ pub fn generate_to(spec: &KeySpec, path: &Path, force: bool) -> Result<KeyPair, 
             source,
         })?;
     }
-    crate::fsutil::write_atomic(
+    berth_files::output::write_atomic(
         path,
         pair.private_openssh.as_bytes(),
         0o600,
         "a private key",
     )?;
-    crate::fsutil::write_atomic(
+    berth_files::output::write_atomic(
         &public,
         pair.public_openssh.as_bytes(),
         0o644,

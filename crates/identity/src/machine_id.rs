@@ -270,7 +270,7 @@ pub fn write_to_root(root: &Path, id: MachineId) -> Result<(), TreeError> {
         source,
     })?;
     let target = resolve_in_root(root, ETC_MACHINE_ID)?;
-    crate::fsutil::write_atomic(
+    berth_files::output::write_atomic(
         &target,
         id.to_file_content().as_bytes(),
         0o444,
