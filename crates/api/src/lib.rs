@@ -11,17 +11,19 @@
 pub mod blob;
 pub mod error;
 pub mod event;
+pub mod exec;
 pub mod instance;
 pub mod request;
 
 pub use blob::Blob;
 pub use error::{Error, ErrorKind};
 pub use event::{Event, EventKind};
+pub use exec::{ExecExit, InstanceExec, InstanceRun, LogChunk};
 pub use instance::{
     ContainerDetails, Forward, GuestKind, Instance, InstanceType, NetBytes, Ssh, State, Status,
     Usage, VmDetails,
 };
 pub use request::{
-    check_name, Accel, ContainerCreate, InstanceCreate, InstanceDelete, InstanceSet,
+    check_disk, check_name, Accel, ContainerCreate, InstanceCreate, InstanceDelete, InstanceSet,
     InstanceStateChange, Network, StateAction, VmCreate,
 };

@@ -139,6 +139,20 @@ pub struct InstanceCreate {
     pub container: Option<ContainerCreate>,
 }
 
+/// A disk size (or a container's disk cap) that a disk can have.
+pub fn check_disk(disk: Option<u64>) -> Result<(), Error> {
+    match disk {
+        Some(d) if d > i64::MAX as u64 => Err(Error::invalid(
+            "disk",
+            format!(
+                "disk size {d} is larger than a disk can be (at most {} bytes)",
+                i64::MAX
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// The smallest memory a Debian guest boots in.
 pub const VM_MEMORY_MIN: u64 = 256 << 20;
 
@@ -171,16 +185,7 @@ impl InstanceCreate {
                 ));
             }
         }
-        if self.disk.is_some_and(|d| d > i64::MAX as u64) {
-            return Err(Error::invalid(
-                "disk",
-                format!(
-                    "disk size {} is larger than a disk can be (at most {} bytes)",
-                    self.disk.unwrap_or_default(),
-                    i64::MAX
-                ),
-            ));
-        }
+        check_disk(self.disk)?;
         if let Some(f) = self.forwards.iter().find(|f| f.host == 0 || f.guest == 0) {
             return Err(Error::invalid(
                 "forwards",

@@ -3,10 +3,11 @@
 //! that every instance command works the same on either.
 
 use berth_api::{
-    Error, Event, Instance, InstanceCreate, InstanceDelete, InstanceSet, InstanceStateChange,
-    InstanceType,
+    Error, Event, ExecExit, Instance, InstanceCreate, InstanceDelete, InstanceExec, InstanceRun,
+    InstanceSet, InstanceStateChange, InstanceType, LogChunk,
 };
 use berth_host::executor::Executor;
+use std::io::{Read, Write};
 
 /// Instance requests, answered by an executor in this process or on another host.
 pub trait Client {
@@ -29,6 +30,22 @@ pub trait Client {
     fn delete(&self, name: &str, r: &InstanceDelete) -> Result<(), Error>;
     /// Change a container's limits.
     fn set(&self, name: &str, r: &InstanceSet) -> Result<(), Error>;
+    /// Run a command in an instance on this process's standard input, output and error.
+    fn exec(&self, name: &str, r: &InstanceExec) -> Result<ExecExit, Error>;
+    /// Run a command in a new application container, on this process's standard streams.
+    fn run(&self, r: &InstanceRun) -> Result<ExecExit, Error>;
+    /// Part of an instance's console log.
+    fn console_log(&self, name: &str, offset: u64) -> Result<LogChunk, Error>;
+    /// The instance's console, as a stream to read from and one to write to.
+    fn console(&self, name: &str) -> Result<Console, Error>;
+}
+
+/// Both ends of a console connection.
+pub struct Console {
+    /// What the console prints.
+    pub output: Box<dyn Read + Send>,
+    /// What is typed into it.
+    pub input: Box<dyn Write + Send>,
 }
 
 impl Client for Executor {
@@ -57,6 +74,25 @@ impl Client for Executor {
     }
     fn set(&self, name: &str, r: &InstanceSet) -> Result<(), Error> {
         Executor::set(self, name, r)
+    }
+    fn exec(&self, name: &str, r: &InstanceExec) -> Result<ExecExit, Error> {
+        Executor::exec(self, name, r)
+    }
+    fn run(&self, r: &InstanceRun) -> Result<ExecExit, Error> {
+        Executor::run(self, r)
+    }
+    fn console_log(&self, name: &str, offset: u64) -> Result<LogChunk, Error> {
+        Executor::console_log(self, name, offset, berth_host::executor::LOG_CHUNK_MAX)
+    }
+    fn console(&self, name: &str) -> Result<Console, Error> {
+        let s = Executor::console(self, name)?;
+        let output = s
+            .try_clone()
+            .map_err(|e| Error::internal(format!("the console of {name}: {e}")))?;
+        Ok(Console {
+            output: Box::new(output),
+            input: Box::new(s),
+        })
     }
 }
 

@@ -1,11 +1,10 @@
 //! `berth run`: a command in a container made from a base image, with cgroup limits; and the
 //! container side of `list` and `delete`.
 
-use crate::output::dirs;
 use crate::Status;
 use anyhow::Result;
+use berth_api::{InstanceRun, Network};
 use berth_cgroups::Limits;
-use berth_host::containers::{Containers, RunOptions};
 use clap::Args;
 
 // Resource limits, shared by the container commands.
@@ -126,28 +125,54 @@ pub struct RunArgs {
     pub command: Vec<String>,
 }
 
-pub fn containers() -> Result<Containers> {
-    Ok(Containers::open(&dirs()?)?)
+impl LimitArgs {
+    /// The limits as the API's `KEY=VALUE` assignments, checked here first so that errors name
+    /// the flag.
+    pub fn assignments(
+        &self,
+        memory: Option<&String>,
+        cpus: Option<&String>,
+    ) -> Result<Vec<String>> {
+        Ok(self
+            .limits(memory, cpus)?
+            .assignments()
+            .into_iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect())
+    }
+}
+
+impl RunArgs {
+    /// The API request (pure: the flags checked, nothing run).
+    pub fn request(&self) -> Result<InstanceRun> {
+        Ok(InstanceRun {
+            image: self.image.clone(),
+            name: self.name.clone(),
+            command: self.command.clone(),
+            limits: self
+                .limits
+                .assignments(self.memory.as_ref(), self.cpus.as_ref())?,
+            rm: self.rm,
+            network: Some(match self.network.as_str() {
+                "host" => Network::Host,
+                "bridge" => Network::Bridge,
+                _ => Network::None,
+            }),
+            disk: match &self.disk {
+                Some(d) => Some(
+                    berth_disk::units::parse_size(d).map_err(|e| anyhow::anyhow!("--disk: {e}"))?,
+                ),
+                None => None,
+            },
+            unprivileged: self.unprivileged,
+        })
+    }
 }
 
 pub fn run(a: RunArgs) -> Result<Status> {
     berth_container::direct::ignore_sigpipe();
-    let limits = a.limits.limits(a.memory.as_ref(), a.cpus.as_ref())?;
-    let exit = containers()?.run(&RunOptions {
-        image: a.image,
-        name: a.name,
-        args: a.command,
-        limits,
-        rm: a.rm,
-        network: a.network,
-        disk: match &a.disk {
-            Some(d) => {
-                Some(berth_disk::units::parse_size(d).map_err(|e| anyhow::anyhow!("--disk: {e}"))?)
-            }
-            None => None,
-        },
-        unprivileged: a.unprivileged,
-    })?;
+    let r = a.request()?;
+    let exit = crate::client::local()?.run(&r)?;
     Ok(crate::exit::for_command(exit, a.memory.as_deref()))
 }
 

@@ -15,8 +15,9 @@
 //!   when signal N ended it. In a VM, the guest's shell gives 126 and 127 itself.
 
 use crate::Status;
+use berth_api::ExecExit;
 use berth_container::direct::DirectError;
-use berth_host::containers::{CommandExit, ContainerError};
+use berth_host::containers::ContainerError;
 use std::io::Write as _;
 
 /// berth itself failed (as Podman's and Docker's 125).
@@ -51,9 +52,12 @@ pub fn message(e: &anyhow::Error) -> String {
     berth_api::error::chain_message(e.as_ref())
 }
 
-/// A container command's status, after saying so on stderr when the memory limit killed any
-/// of its processes (`limit` as the user gave it, if known).
-pub fn for_command(exit: CommandExit, limit: Option<&str>) -> Status {
+/// A command's status, after saying on stderr why it could not be started, or that the
+/// container's memory limit killed any of its processes (`limit` as the user gave it, if known).
+pub fn for_command(exit: ExecExit, limit: Option<&str>) -> Status {
+    if let Some(why) = &exit.error {
+        let _ = writeln!(std::io::stderr(), "berth: error: {why}");
+    }
     if exit.oom_kills > 0 {
         let limit = limit
             .map(|l| format!(" (--memory {l})"))

@@ -171,19 +171,12 @@ pub fn run(cmd: ImageCommand) -> Result<Status> {
         }
         ImageCommand::Rm { name } => {
             // Overlays and container layers sit on the image: removing it would lose them.
-            let mut users: Vec<String> = berth_host::vms::Vms::open(&crate::output::dirs()?)?
+            let users: Vec<String> = crate::client::local()?
                 .list()?
                 .into_iter()
-                .filter(|(row, _, _)| row.image == name)
-                .map(|(row, _, _)| row.name)
+                .filter(|i| i.image == name)
+                .map(|i| i.name)
                 .collect();
-            users.extend(
-                crate::container::containers()?
-                    .list()?
-                    .into_iter()
-                    .filter(|(row, _, _)| row.image == name)
-                    .map(|(row, _, _)| row.name),
-            );
             if !users.is_empty() {
                 anyhow::bail!(
                     "image {name} is in use by {}; delete them first (nothing was removed)",

@@ -3,15 +3,14 @@
 //! names); the executor does the work, through [`crate::client::Client`].
 
 use crate::client;
-use crate::output::{dirs, print_json};
+use crate::output::print_json;
 use crate::Status;
-use anyhow::{Context, Result};
+use anyhow::Result;
 use berth_api::{
-    Blob, ContainerCreate, Event, EventKind, GuestKind, InstanceCreate, InstanceDelete,
-    InstanceStateChange, InstanceType, Network, StateAction, VmCreate,
+    Blob, ContainerCreate, Event, EventKind, ExecExit, GuestKind, InstanceCreate, InstanceDelete,
+    InstanceExec, InstanceStateChange, InstanceType, Network, StateAction, VmCreate,
 };
 use berth_disk::units::parse_size;
-use berth_host::vms::Vms;
 use berth_qemu::vm::Forward;
 use clap::{Args, ValueEnum};
 use std::io::{IsTerminal, Read, Write};
@@ -198,10 +197,6 @@ pub struct ExecArgs {
     pub command: Vec<String>,
 }
 
-pub fn vms() -> Result<Vms> {
-    Ok(Vms::open(&dirs()?)?)
-}
-
 fn say(msg: &str) {
     crate::output::say!("{msg}");
 }
@@ -244,13 +239,9 @@ impl LaunchArgs {
             }
             let limits = self
                 .limits
-                .limits(self.memory.as_ref(), self.cpus.as_ref())?;
+                .assignments(self.memory.as_ref(), self.cpus.as_ref())?;
             let container = ContainerCreate {
-                limits: limits
-                    .assignments()
-                    .into_iter()
-                    .map(|(k, v)| format!("{k}={v}"))
-                    .collect(),
+                limits,
                 network: match self.network.as_deref() {
                     None | Some("bridge") => Some(Network::Bridge),
                     Some("none") => Some(Network::None),
@@ -505,25 +496,16 @@ pub fn delete(a: DeleteArgs) -> Result<Status> {
     Ok(Status(0))
 }
 
-/// Whether NAME is a container (and not a VM or nothing).
-fn is_container(name: &str) -> Result<bool> {
-    Ok(client::local()?.type_of(name)? == InstanceType::Container)
-}
-
 pub fn logs(a: LogsArgs) -> Result<Status> {
-    let path = if is_container(&a.name)? {
-        crate::container::containers()?.console_log(&a.name)?
-    } else {
-        vms()?.console_log(&a.name)?
-    };
-    let mut f =
-        std::fs::File::open(&path).with_context(|| format!("opening {}", path.display()))?;
+    let client = client::local()?;
     let mut out = std::io::stdout().lock();
-    let mut buf = vec![0u8; 65536];
+    let mut offset = 0;
     loop {
-        let n = f.read(&mut buf)?;
-        if n > 0 {
-            out.write_all(&buf[..n])?;
+        let chunk = client.console_log(&a.name, offset)?;
+        let more = chunk.next_offset != offset;
+        offset = chunk.next_offset;
+        out.write_all(&chunk.data)?;
+        if more {
             continue;
         }
         out.flush()?;
@@ -534,84 +516,51 @@ pub fn logs(a: LogsArgs) -> Result<Status> {
     }
 }
 
-/// `berth shell NAME`: a login shell in a container, or an SSH session to a VM.
-pub fn shell(a: NameArg) -> Result<Status> {
-    if is_container(&a.name)? {
-        let exit =
-            crate::container::containers()?.exec(&a.name, vec!["/bin/bash".into(), "-l".into()])?;
-        return Ok(crate::exit::for_command(exit, None));
-    }
-    ssh(SshArgs {
-        name: a.name,
-        command: Vec::new(),
-    })
+/// The exit status of a command run in an instance.
+fn exec_status(e: ExecExit) -> Status {
+    crate::exit::for_command(e, None)
 }
 
+/// `berth shell NAME`: a login shell in a container, or an SSH session to a VM.
+pub fn shell(a: NameArg) -> Result<Status> {
+    let r = InstanceExec {
+        command: Vec::new(),
+        interactive: std::io::stdin().is_terminal(),
+    };
+    Ok(exec_status(client::local()?.exec(&a.name, &r)?))
+}
+
+/// `berth ssh NAME [-- CMD]`: SSH to a VM (a session, or the command).
 pub fn ssh(a: SshArgs) -> Result<Status> {
-    let mut c = vms()?.ssh_command(&a.name)?;
-    if a.command.is_empty() && std::io::stdin().is_terminal() {
-        c.arg("-t");
+    let client = client::local()?;
+    if client.type_of(&a.name)? != InstanceType::Vm {
+        anyhow::bail!(
+            "{} is a container, not a VM: berth shell {} or berth exec {} -- CMD reach it",
+            a.name,
+            a.name,
+            a.name
+        );
     }
-    c.args(&a.command);
-    let st = c.status().context("running ssh")?;
-    Ok(ssh_status(st))
+    let r = InstanceExec {
+        interactive: a.command.is_empty() && std::io::stdin().is_terminal(),
+        command: a.command,
+    };
+    Ok(exec_status(client.exec(&a.name, &r)?))
 }
 
 pub fn exec(a: ExecArgs) -> Result<Status> {
-    if is_container(&a.name)? {
-        let exit = crate::container::containers()?.exec(&a.name, a.command)?;
-        return Ok(crate::exit::for_command(exit, None));
-    }
-    let mut c = vms()?.ssh_command(&a.name)?;
-    c.arg("--");
-    c.args(a.command.iter().map(|s| shell_quote(s)));
-    let st = c.status().context("running ssh")?;
-    Ok(ssh_status(st))
-}
-
-/// ssh's status is the command's (255 when ssh itself failed); 128 + N when signal N ended ssh.
-fn ssh_status(st: std::process::ExitStatus) -> Status {
-    use std::os::unix::process::ExitStatusExt;
-    match (st.code(), st.signal()) {
-        (Some(c), _) => Status(c.clamp(0, 255) as u8),
-        (None, Some(sig)) => Status((128 + sig).clamp(0, 255) as u8),
-        (None, None) => Status(crate::exit::FAILED),
-    }
-}
-
-fn shell_quote(s: &str) -> String {
-    if !s.is_empty()
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_./=:,@".contains(c))
-    {
-        s.to_string()
-    } else {
-        format!("'{}'", s.replace('\'', "'\\''"))
-    }
+    let r = InstanceExec {
+        command: a.command,
+        interactive: false,
+    };
+    Ok(exec_status(client::local()?.exec(&a.name, &r)?))
 }
 
 pub fn console(a: NameArg) -> Result<Status> {
-    let sock = if is_container(&a.name)? {
-        let c = crate::container::containers()?;
-        let path = c.console_socket(&a.name)?;
-        // The relay may take a moment to listen after a start.
-        for _ in 0..50 {
-            if path.exists() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        path
-    } else {
-        vms()?.console_socket(&a.name)?
-    };
-    let stream = std::os::unix::net::UnixStream::connect(&sock).with_context(|| {
-        format!(
-            "{} is not running (no console at {})",
-            a.name,
-            sock.display()
-        )
-    })?;
+    let crate::client::Console {
+        output: mut reader,
+        input: mut writer,
+    } = client::local()?.console(&a.name)?;
     let tty = std::io::stdin().is_terminal();
     let saved = if tty {
         let stdin = rustix::stdio::stdin();
@@ -626,7 +575,6 @@ pub fn console(a: NameArg) -> Result<Status> {
         None
     };
     eprint!("Connected to {}'s console. Detach with Ctrl-].\r\n", a.name);
-    let mut reader = stream.try_clone()?;
     std::thread::spawn(move || {
         let mut out = std::io::stdout();
         let mut buf = [0u8; 4096];
@@ -636,7 +584,6 @@ pub fn console(a: NameArg) -> Result<Status> {
             }
         }
     });
-    let mut writer = stream;
     let mut stdin = std::io::stdin();
     let mut buf = [0u8; 1024];
     loop {

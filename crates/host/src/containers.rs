@@ -154,8 +154,8 @@ pub struct LaunchOptions {
 pub struct RunOptions {
     /// Base image.
     pub image: String,
-    /// Container name; generated when absent.
-    pub name: Option<String>,
+    /// Container name.
+    pub name: String,
     /// The command.
     pub args: Vec<String>,
     /// Limits.
@@ -974,11 +974,13 @@ impl Containers {
     /// Run a command in a new container and wait for it: the command's exit status (128 + N when
     /// signal N ended it). With `rm` nothing of the container is left afterwards; otherwise it
     /// stays, stopped, until `berth delete`.
-    pub fn run(&self, o: &RunOptions) -> Result<CommandExit, ContainerError> {
-        let name = match &o.name {
-            Some(n) => n.clone(),
-            None => format!("run-{}-{}", std::process::id(), unix_now() % 100_000),
-        };
+    /// `lock` holds the name (see [`crate::locks`]) until the container's row exists.
+    pub fn run(
+        &self,
+        o: &RunOptions,
+        lock: crate::locks::InstanceLock,
+    ) -> Result<CommandExit, ContainerError> {
+        let name = o.name.clone();
         let mut clock = Clock::start();
         self.check_new(&name, &o.limits, &o.network, &[], &o.disk)?;
         if self.store.instance(&name)?.is_some() {
@@ -1030,6 +1032,9 @@ impl Containers {
             let _ = self.store.release_machine_id("container", &name);
             return Err(e.into());
         }
+        // From here the row holds the name; the lock would keep `stop` and `delete` of the
+        // running command away.
+        drop(lock);
         clock.mark("state row");
         let result = self.run_inner(&name, &lower, &cgroup, &mut rec, o, &mut clock);
         // Whatever happened, the container's process is gone or reaped by now.

@@ -18,6 +18,9 @@ use berth_api::{
 use berth_state::{InstanceRow, StateError, Store};
 use std::time::{Duration, Instant};
 
+mod commands;
+pub use commands::{shell_quote, LOG_CHUNK_MAX};
+
 /// How long a stop waits for the guest when the request names no timeout.
 const STOP_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long a restart waits for the instance to be ready again.

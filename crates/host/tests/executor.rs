@@ -108,3 +108,38 @@ fn a_name_being_worked_on_is_a_conflict_and_a_bad_request_changes_nothing() {
     let e = ex.info("web").unwrap_err();
     assert_eq!(e.kind, ErrorKind::NotFound);
 }
+
+#[test]
+fn commands_in_an_unfinished_instance_or_a_taken_name_are_refused() {
+    let (_d, dirs, ex) = setup();
+    cut_short(&dirs, "web");
+    let exec = berth_api::InstanceExec {
+        command: vec!["true".into()],
+        interactive: false,
+    };
+    assert_eq!(ex.exec("web", &exec).unwrap_err().kind, ErrorKind::Conflict);
+    assert_eq!(
+        ex.exec("nothing", &exec).unwrap_err().kind,
+        ErrorKind::NotFound
+    );
+    // `run` refuses a name an instance has, and a name that is not one, before anything is made.
+    let run = |name: &str| {
+        serde_json::from_value::<berth_api::InstanceRun>(serde_json::json!({
+            "image": "debian-12", "name": name, "command": ["true"], "rm": true
+        }))
+        .unwrap()
+    };
+    let e = ex.run(&run("web")).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Conflict, "{e:?}");
+    let e = ex.run(&run("../web")).unwrap_err();
+    assert_eq!(
+        (e.kind, e.field.as_deref()),
+        (ErrorKind::Invalid, Some("name"))
+    );
+    assert_eq!(ex.list().unwrap().len(), 1);
+    // The console of something that never ran.
+    assert_eq!(
+        ex.console_log("nothing", 0, 10).unwrap_err().kind,
+        ErrorKind::NotFound
+    );
+}
