@@ -145,11 +145,17 @@ impl Runtime {
         if !dir.exists() {
             return Ok(());
         }
-        let mut c = Container::load(dir).map_err(|e| RuntimeError::Libcontainer {
-            id: id.to_string(),
-            what: "load",
-            source: Box::new(e),
-        })?;
+        let mut c = match Container::load(dir.clone()) {
+            Ok(c) => c,
+            // A create killed while libcontainer wrote its state file leaves one that does not
+            // parse (empty, or cut short): libcontainer cannot act on it, and what it described
+            // (the init in the container's cgroup) the caller has already ended, so the folder
+            // is all that is left.
+            Err(e) => {
+                tracing::debug!("libcontainer cannot load {id} ({e}); removing its state");
+                return remove_state(&dir);
+            }
+        };
         match c.delete(true) {
             Ok(()) => Ok(()),
             // A container whose create was cut short can have a state that libcontainer cannot
@@ -157,14 +163,19 @@ impl Runtime {
             // state is then removed here, which is all that is left of it.
             Err(e) if c.root.exists() => {
                 tracing::debug!("libcontainer could not delete {id} ({e}); removing its state");
-                std::fs::remove_dir_all(&c.root).map_err(|source| RuntimeError::State {
-                    path: c.root.clone(),
-                    source,
-                })
+                remove_state(&c.root)
             }
             Err(_) => Ok(()),
         }
     }
+}
+
+/// Remove a container's libcontainer state folder.
+fn remove_state(dir: &Path) -> Result<(), RuntimeError> {
+    std::fs::remove_dir_all(dir).map_err(|source| RuntimeError::State {
+        path: dir.to_path_buf(),
+        source,
+    })
 }
 
 impl Created {
@@ -222,5 +233,30 @@ pub(crate) fn wait_status(raw: i32) -> Result<i32, std::io::Error> {
             Ok(None) | Err(rustix::io::Errno::INTR) => {}
             Err(e) => return Err(e.into()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A create killed while libcontainer wrote `state.json` leaves it empty or cut short:
+    /// delete still removes the folder, so `delete --force` clears the container.
+    #[test]
+    fn delete_removes_a_state_that_does_not_parse() {
+        for state in ["", "{\"oci_version\":\"1.0.2\",\"id\":\"c"] {
+            let root = tempfile::tempdir().unwrap();
+            let dir = root.path().join("c");
+            std::fs::create_dir(&dir).unwrap();
+            std::fs::write(dir.join("state.json"), state).unwrap();
+            Runtime::new(root.path()).delete("c").unwrap();
+            assert!(!dir.exists(), "state {state:?} left behind");
+        }
+    }
+
+    #[test]
+    fn delete_of_an_unknown_container_is_a_no_op() {
+        let root = tempfile::tempdir().unwrap();
+        Runtime::new(root.path()).delete("none").unwrap();
     }
 }
