@@ -4,6 +4,7 @@
 
 pub mod containers;
 pub mod dirs;
+pub mod drivers;
 pub mod executor;
 pub mod images;
 pub mod locks;
@@ -12,4 +13,5 @@ mod passt;
 pub mod procs;
 pub mod requests;
 mod ssh_probe;
+pub mod vm_record;
 pub mod vms;

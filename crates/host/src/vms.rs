@@ -1,7 +1,8 @@
 //! Virtual machines: launch a guest from a base image, and its lifecycle.
 //!
 //! Each VM has a folder under `DATA/instances/NAME` (qcow2 overlay on the base image, seed,
-//! sockets, console log, pidfile) and a row in the state database holding its QEMU spec. QEMU
+//! sockets, console log, pidfile) and a row in the state database holding its record (berth's
+//! own settings, `crate::vm_record`; QEMU's spec is made from them at each start). QEMU
 //! daemonizes, so guests outlive `berth`; every command re-adopts them from the pidfile (checked
 //! against `/proc/PID/cmdline`) and QMP. A QEMU killed behind berth's back shows as stopped with
 //! that reason; a guest that powered itself off (QEMU runs with `-no-shutdown`) shows as stopped
@@ -16,11 +17,9 @@ use berth_disk::ops::{self, CreateOptions};
 use berth_disk::{BackingPolicy, Format};
 use berth_identity::keys;
 use berth_qemu::host::{self as qhost, Accel, AccelRequest};
-use berth_qemu::vm::{
-    guest_cmdline, kind_cmdline, machine_id_uuid, tsc_khz_from_cpuinfo, Forward, Kind, VmSpec,
-};
+use berth_qemu::vm::{Forward, Kind};
 use berth_state::{InstanceRow, Store};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -104,24 +103,7 @@ fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> VmError
     move |source| VmError::Io { what, path, source }
 }
 
-/// What berth stores for a VM.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct VmRecord {
-    /// QEMU's spec.
-    pub spec: VmSpec,
-    /// Host port forwarded to the guest's SSH.
-    pub ssh_port: u16,
-    /// Login user berth created.
-    pub ssh_user: String,
-    /// Private key berth uses to reach the guest.
-    pub ssh_key: PathBuf,
-    /// The machine-id registered for the guest.
-    pub machine_id: String,
-    /// Virtual disk size.
-    pub disk_size: u64,
-    /// Image name.
-    pub image: String,
-}
+pub use crate::vm_record::{VmConfig, VmPaths, VmRecord};
 
 /// Runtime state.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -321,24 +303,16 @@ fn qmp_call(name: &str, sock: &Path, cmd: &str, args: Option<Value>) -> Result<V
 
 /// Is QEMU for this record alive? Checks the pidfile's process is really this guest's QEMU.
 pub fn qemu_pid(rec: &VmRecord) -> Option<i32> {
-    let pid: i32 = std::fs::read_to_string(&rec.spec.pidfile)
+    let pid: i32 = std::fs::read_to_string(&rec.paths.pidfile)
         .ok()?
         .trim()
         .parse()
         .ok()?;
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-    let needle = rec.spec.qmp_socket.display().to_string();
+    let needle = rec.paths.qmp_socket.display().to_string();
     String::from_utf8_lossy(&cmdline)
         .contains(&needle)
         .then_some(pid)
-}
-
-/// Where a VM's passt listens: its spec's socket, or (for records made before passt) beside its
-/// QMP socket.
-fn passt_socket(spec: &VmSpec) -> PathBuf {
-    spec.passt_socket
-        .clone()
-        .unwrap_or_else(|| spec.qmp_socket.with_file_name("net").join("passt.sock"))
 }
 
 /// Kernel parameters for a guest's first boot only (see [`Vms::spawn`]): the last of `ro` and
@@ -418,9 +392,18 @@ impl Vms {
                 row.kind
             )));
         }
-        let rec: VmRecord = serde_json::from_str(&row.spec)
-            .map_err(|e| VmError::Invalid(format!("stored spec of {name} is unreadable: {e}")))?;
+        let rec = self.record(&row)?;
         Ok((row, rec))
+    }
+
+    /// The record in a VM's row.
+    pub fn record(&self, row: &InstanceRow) -> Result<VmRecord, VmError> {
+        VmRecord::load(&row.spec, &self.dir(&row.name)).map_err(|e| {
+            VmError::Invalid(format!(
+                "the stored record of {} is unreadable: {e}",
+                row.name
+            ))
+        })
     }
 
     /// All instances.
@@ -457,14 +440,14 @@ impl Vms {
                 },
             });
         };
-        let status = match qmp_call(&row.name, &rec.spec.qmp_socket, "query-status", None) {
+        let status = match qmp_call(&row.name, &rec.paths.qmp_socket, "query-status", None) {
             Ok(v) => v["status"].as_str().unwrap_or("").to_string(),
             Err(_) => return Ok(VmState::Running),
         };
         match status.as_str() {
             "paused" => Ok(VmState::Paused),
             "shutdown" => {
-                let _ = qmp_call(&row.name, &rec.spec.qmp_socket, "quit", None);
+                let _ = qmp_call(&row.name, &rec.paths.qmp_socket, "quit", None);
                 let reason = "the guest powered itself off".to_string();
                 self.store
                     .set_instance_state(&row.name, "stopped", &reason)?;
@@ -591,57 +574,35 @@ impl Vms {
                 guest: 22,
             }];
             forwards.extend(o.forwards.iter().copied());
-            let img_dir = images.path(&o.image);
-            let spec = VmSpec {
-                name: o.name.clone(),
-                kind,
-                accel,
-                cpus: o.cpus,
-                memory_mib: o.memory_mib,
-                disk,
-                disk_cache: o.disk_cache.clone(),
-                seed: Some(dir.join("seed.iso")),
-                kernel: img_dir.join(&boot.kernel),
-                initrd: Some(img_dir.join(&boot.initrd)),
-                cmdline: guest_cmdline(
-                    image.root.as_deref().unwrap_or("LABEL=rootfs"),
-                    &machine_id,
-                ) + &kind_cmdline(
+            let rec = VmRecord {
+                config: VmConfig {
                     kind,
                     accel,
-                    tsc_khz_from_cpuinfo(
-                        &std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default(),
-                    ),
-                ),
-                smbios_uuid: machine_id_uuid(&machine_id),
-                forwards,
-                qmp_socket: dir.join("qmp.sock"),
-                console_socket: dir.join("console.sock"),
-                console_log: dir.join("console.log"),
-                // berth's own images need only the x86-64 baseline; imported ones keep `max`.
-                tcg_cpu: (!image.recipe.starts_with(crate::images::IMPORTED_RECIPE))
-                    .then(|| berth_qemu::vm::TCG_CPU_BASELINE.to_string()),
-                pidfile: dir.join("qemu.pid"),
-                passt_socket: Some(dir.join("net").join("passt.sock")),
-            };
-            let rec = VmRecord {
-                spec,
+                    cpus: o.cpus,
+                    memory_mib: o.memory_mib,
+                    disk_cache: o.disk_cache.clone(),
+                    forwards,
+                    kernel: boot.kernel.clone(),
+                    initrd: Some(boot.initrd.clone()),
+                    root: image.root.as_deref().unwrap_or("LABEL=rootfs").to_string(),
+                    // berth's own images need only the x86-64 baseline; imported ones keep `max`.
+                    tcg_cpu: (!image.recipe.starts_with(crate::images::IMPORTED_RECIPE))
+                        .then(|| berth_qemu::vm::TCG_CPU_BASELINE.to_string()),
+                },
                 ssh_port,
                 ssh_user: "berth".into(),
                 ssh_key: key,
                 machine_id,
                 disk_size,
                 image: o.image.clone(),
+                paths: VmPaths::of(&dir),
             };
             // The record before QEMU: whatever happens next, a later berth finds the guest.
-            self.store.set_instance_spec(
-                &o.name,
-                &serde_json::to_string(&rec).expect("record serialises"),
-            )?;
+            self.store.set_instance_spec(&o.name, &rec.to_json())?;
             progress("starting QEMU");
             // An imported disk may not be clean; only berth's own image is known to be.
             let fresh_root = !image.recipe.starts_with(crate::images::IMPORTED_RECIPE);
-            self.spawn(&qemu, &rec, fresh_root)?;
+            self.spawn(&qemu, &o.name, &rec, fresh_root)?;
             self.store.set_instance_state(&o.name, "running", "")?;
             Ok(rec)
         })();
@@ -722,22 +683,28 @@ impl Vms {
     /// written to yet, so it is mounted read-write from the start, which skips the file system
     /// check (systemd-fsck-root runs only for a read-only root; 0.4-0.7 s under TCG, most of it
     /// starting the process). Every other boot mounts it read-only and checks it first.
-    fn spawn(&self, qemu: &Path, rec: &VmRecord, fresh_root: bool) -> Result<(), VmError> {
-        let mut spec = rec.spec.clone();
+    fn spawn(
+        &self,
+        qemu: &Path,
+        name: &str,
+        rec: &VmRecord,
+        fresh_root: bool,
+    ) -> Result<(), VmError> {
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let images = ImageStore::new(&self.dirs);
+        let mut spec = rec.spec(name, &images.path(&rec.image), &cpuinfo);
         if fresh_root {
             spec.cmdline.push_str(FIRST_BOOT_CMDLINE);
         }
         for p in [
-            &rec.spec.qmp_socket,
-            &rec.spec.console_socket,
-            &rec.spec.pidfile,
+            &rec.paths.qmp_socket,
+            &rec.paths.console_socket,
+            &rec.paths.pidfile,
         ] {
             let _ = std::fs::remove_file(p);
         }
-        // A guest made before berth used passt moves to it now (QEMU's user-mode NAT let it
-        // reach the host's loopback).
-        let socket = passt_socket(&spec);
-        spec.passt_socket = Some(socket.clone());
+        // (A guest made before berth used passt moves to it now: its spec is made afresh.)
+        let socket = rec.paths.passt_socket.clone();
         crate::passt::start(&spec).map_err(VmError::QemuStart)?;
         let started = (|| {
             let out = Command::new(qemu)
@@ -774,11 +741,11 @@ impl Vms {
         let dir = self.dir(name);
         let start = Instant::now();
         let fail = |message: String| {
-            let console = console_text(&rec.spec.console_log);
+            let console = console_text(&rec.paths.console_log);
             VmError::NotReady {
                 name: name.to_string(),
                 message,
-                log: rec.spec.console_log.display().to_string(),
+                log: rec.paths.console_log.display().to_string(),
                 reports: console_reports(&console, 12).join("\n"),
                 tail: last_lines(&console, 15),
             }
@@ -796,7 +763,7 @@ impl Vms {
         let alive = || qemu_pid(rec).is_some();
         // Not before the guest has its address (or, for a guest that takes none over DHCP, a
         // while): until then passt can only hold the probe's connections (see `ssh_probe`).
-        let socket = passt_socket(&rec.spec);
+        let socket = rec.paths.passt_socket.clone();
         while !crate::passt::guest_has_address(&socket) && start.elapsed() < UNLEASED_PROBE {
             if !alive() {
                 return Err(stopped());
@@ -886,7 +853,7 @@ impl Vms {
         let qemu = qhost::qemu_binary()
             .ok_or_else(|| VmError::QemuStart("qemu-system-x86_64 was not found".into()))?;
         self.store.set_instance_state(name, "running", "")?;
-        if let Err(e) = self.spawn(&qemu, &rec, false) {
+        if let Err(e) = self.spawn(&qemu, name, &rec, false) {
             self.store
                 .set_instance_state(name, "stopped", &e.to_string())?;
             return Err(e);
@@ -910,15 +877,15 @@ impl Vms {
         if force {
             return self.kill(name, &rec);
         }
-        qmp_call(name, &rec.spec.qmp_socket, "system_powerdown", None)?;
+        qmp_call(name, &rec.paths.qmp_socket, "system_powerdown", None)?;
         let start = Instant::now();
         while start.elapsed() < timeout {
             if qemu_pid(&rec).is_none() {
                 return Ok(());
             }
-            if let Ok(v) = qmp_call(name, &rec.spec.qmp_socket, "query-status", None) {
+            if let Ok(v) = qmp_call(name, &rec.paths.qmp_socket, "query-status", None) {
                 if v["status"] == "shutdown" {
-                    let _ = qmp_call(name, &rec.spec.qmp_socket, "quit", None);
+                    let _ = qmp_call(name, &rec.paths.qmp_socket, "quit", None);
                     self.wait_gone(&rec, Duration::from_secs(10));
                     return Ok(());
                 }
@@ -944,14 +911,14 @@ impl Vms {
     }
 
     fn kill(&self, name: &str, rec: &VmRecord) -> Result<(), VmError> {
-        let _ = qmp_call(name, &rec.spec.qmp_socket, "quit", None);
+        let _ = qmp_call(name, &rec.paths.qmp_socket, "quit", None);
         if !self.wait_gone(rec, Duration::from_secs(5)) {
             if let Some(pid) = qemu_pid(rec) {
                 let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
                 self.wait_gone(rec, Duration::from_secs(5));
             }
         }
-        crate::passt::end(&passt_socket(&rec.spec));
+        crate::passt::end(&rec.paths.passt_socket.clone());
         Ok(())
     }
 
@@ -963,7 +930,7 @@ impl Vms {
         }
         qmp_call(
             name,
-            &rec.spec.qmp_socket,
+            &rec.paths.qmp_socket,
             if pause { "stop" } else { "cont" },
             None,
         )
@@ -1008,18 +975,18 @@ impl Vms {
 
     /// The console log path.
     pub fn console_log(&self, name: &str) -> Result<PathBuf, VmError> {
-        Ok(self.get(name)?.1.spec.console_log)
+        Ok(self.get(name)?.1.paths.console_log)
     }
 
     /// The console socket path.
     pub fn console_socket(&self, name: &str) -> Result<PathBuf, VmError> {
-        Ok(self.get(name)?.1.spec.console_socket)
+        Ok(self.get(name)?.1.paths.console_socket)
     }
 
     /// Disk usage of the VM's overlay (bytes allocated on the host).
     pub fn disk_usage(&self, rec: &VmRecord) -> u64 {
         use std::os::unix::fs::MetadataExt;
-        std::fs::metadata(&rec.spec.disk)
+        std::fs::metadata(&rec.paths.disk)
             .map(|m| m.blocks() * 512)
             .unwrap_or(0)
     }

@@ -2,20 +2,17 @@
 //! the console log and the console itself. In this process the command's standard input,
 //! output and error are this process's own (the CLI's terminal or pipes).
 
-use super::{container_error, vm_error, Executor};
-use crate::containers::{ContainerError, RunOptions};
+use super::Executor;
+use crate::containers::RunOptions;
 use crate::locks;
 use crate::requests;
-use berth_api::{Error, ExecExit, InstanceExec, InstanceRun, InstanceType, LogChunk};
+use berth_api::{Error, ExecExit, InstanceExec, InstanceRun, LogChunk};
 use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
 /// At most this much of a console log per [`Executor::console_log`] answer.
 pub const LOG_CHUNK_MAX: u64 = 1 << 20;
-
-/// The login shell `exec` runs in a container when it names no command.
-const CONTAINER_SHELL: [&str; 2] = ["/bin/bash", "-l"];
 
 /// A word as the guest's login shell reads it back as that one word (SSH hands the command line
 /// to it as one string).
@@ -30,47 +27,6 @@ pub fn shell_quote(s: &str) -> String {
     }
 }
 
-/// ssh's status as an exit: the command's (255 when ssh itself failed); 128 + N when signal N
-/// ended ssh.
-fn ssh_exit(st: std::process::ExitStatus) -> ExecExit {
-    use std::os::unix::process::ExitStatusExt;
-    let code = match (st.code(), st.signal()) {
-        (Some(c), _) => c,
-        (None, Some(sig)) => 128 + sig,
-        (None, None) => 255,
-    };
-    ExecExit {
-        code,
-        ..ExecExit::default()
-    }
-}
-
-/// A container command's end as the API has it: a command that could not be started is an exit
-/// (127 or 126, with the reason), as its status is the caller's to pass on.
-fn container_exit(
-    r: Result<crate::containers::CommandExit, ContainerError>,
-) -> Result<ExecExit, Error> {
-    use berth_container::direct::DirectError;
-    match r {
-        Ok(e) => Ok(ExecExit {
-            code: e.code,
-            oom_kills: e.oom_kills,
-            error: None,
-        }),
-        Err(ContainerError::Direct(DirectError::CommandNotFound(m))) => Ok(ExecExit {
-            code: 127,
-            oom_kills: 0,
-            error: Some(m),
-        }),
-        Err(ContainerError::Direct(DirectError::CommandNotExecutable(m))) => Ok(ExecExit {
-            code: 126,
-            oom_kills: 0,
-            error: Some(m),
-        }),
-        Err(e) => Err(container_error(e)),
-    }
-}
-
 impl Executor {
     /// Run a command in a running instance and wait for it: in a container through berth's
     /// runtime (the container's namespaces, cgroup, credentials and seccomp filter), in a VM
@@ -79,30 +35,7 @@ impl Executor {
     pub fn exec(&self, name: &str, r: &InstanceExec) -> Result<ExecExit, Error> {
         let ty = self.type_of(name)?;
         self.made(name)?;
-        match ty {
-            InstanceType::Container => {
-                let command = if r.command.is_empty() {
-                    CONTAINER_SHELL.iter().map(|s| s.to_string()).collect()
-                } else {
-                    r.command.clone()
-                };
-                container_exit(self.containers.exec(name, command))
-            }
-            InstanceType::Vm => {
-                let mut c = self.vms.ssh_command(name).map_err(vm_error)?;
-                if r.interactive {
-                    c.arg("-t");
-                }
-                if !r.command.is_empty() {
-                    c.arg("--");
-                    c.args(r.command.iter().map(|s| shell_quote(s)));
-                }
-                let st = c
-                    .status()
-                    .map_err(|e| Error::internal(format!("running ssh for {name}: {e}")))?;
-                Ok(ssh_exit(st))
-            }
-        }
+        self.driver(ty).exec(name, r)
     }
 
     /// Run a command in a new application container and wait for it. The name is held
@@ -137,17 +70,14 @@ impl Executor {
             disk: r.disk,
             unprivileged: r.unprivileged,
         };
-        container_exit(self.containers.run(&o, lock))
+        crate::drivers::container_exit(self.containers.run(&o, lock))
     }
 
     /// Up to `max` bytes (at most [`LOG_CHUNK_MAX`]) of an instance's console log from
     /// `offset`. A log that is shorter than `offset` (it was started afresh) is read from its
     /// start.
     pub fn console_log(&self, name: &str, offset: u64, max: u64) -> Result<LogChunk, Error> {
-        let path = match self.type_of(name)? {
-            InstanceType::Container => self.containers.console_log(name).map_err(container_error),
-            InstanceType::Vm => self.vms.console_log(name).map_err(vm_error),
-        }?;
+        let path = self.driver(self.type_of(name)?).console_log(name)?;
         let mut f = match std::fs::File::open(&path) {
             Ok(f) => f,
             // Not written yet: the instance has not started.
@@ -177,23 +107,14 @@ impl Executor {
     /// A connection to a running instance's console (a VM's serial port, a system container's
     /// /dev/console).
     pub fn console(&self, name: &str) -> Result<UnixStream, Error> {
-        let path = match self.type_of(name)? {
-            InstanceType::Container => {
-                let path = self
-                    .containers
-                    .console_socket(name)
-                    .map_err(container_error)?;
-                // The relay may take a moment to listen after a start.
-                for _ in 0..50 {
-                    if path.exists() {
-                        break;
-                    }
-                    std::thread::sleep(Duration::from_millis(100));
-                }
-                path
+        let path = self.driver(self.type_of(name)?).console_socket(name)?;
+        // A container's relay may take a moment to listen after a start.
+        for _ in 0..50 {
+            if path.exists() {
+                break;
             }
-            InstanceType::Vm => self.vms.console_socket(name).map_err(vm_error)?,
-        };
+            std::thread::sleep(Duration::from_millis(100));
+        }
         UnixStream::connect(&path).map_err(|e| {
             Error::conflict(format!(
                 "{name} is not running (no console at {}: {e})",
