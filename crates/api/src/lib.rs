@@ -14,6 +14,7 @@ pub mod event;
 pub mod exec;
 pub mod instance;
 pub mod request;
+pub mod response;
 
 pub use blob::Blob;
 pub use error::{Error, ErrorKind};
@@ -27,3 +28,4 @@ pub use request::{
     check_disk, check_name, Accel, ContainerCreate, InstanceCreate, InstanceDelete, InstanceSet,
     InstanceStateChange, Network, StateAction, VmCreate,
 };
+pub use response::{Response, ServerInfo};

@@ -87,6 +87,13 @@ enum Command {
     /// systemd/D-Bus machine-ids: new, validate, read from a tree or image, ensure, audit.
     #[command(subcommand, name = "machine-id")]
     MachineId(machine_id::MachineIdCommand),
+    /// Serve this host's instances as REST under /1.0 on DATA/berth.sock (mode 0660) until
+    /// SIGTERM or SIGINT; guests keep running when it stops.
+    Daemon,
+    /// Internal: perform one of the daemon's changing requests, single-threaded (see
+    /// `berth_daemon::worker`).
+    #[command(hide = true, name = "daemon-worker")]
+    DaemonWorker,
 }
 
 /// Exit status of a command that succeeded but has something to say (check, compare).
@@ -148,6 +155,14 @@ fn main() -> ExitCode {
         Command::ConsoleRelay(a) => container::relay(a),
         Command::Seed(cmd) => seed::run(cmd),
         Command::MachineId(cmd) => machine_id::run(cmd),
+        Command::DaemonWorker => output::dirs().and_then(|d| {
+            berth_daemon::worker::run(&d, &mut std::io::stdin(), &mut std::io::stdout())?;
+            Ok(Status(0))
+        }),
+        Command::Daemon => output::dirs().and_then(|d| {
+            berth_daemon::serve(&d)?;
+            Ok(Status(0))
+        }),
     };
     match result {
         Ok(Status(code)) => ExitCode::from(code),

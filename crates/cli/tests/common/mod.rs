@@ -98,3 +98,111 @@ pub fn console_answers(state_dir: &Path, name: &str) {
     assert!(status.success(), "console exited with {status}: {err}");
     assert!(err.contains(&format!("Detached from {name}")), "{err}");
 }
+
+/// An instance that is deleted (with `--force`) when the test ends, however it ends.
+pub struct Instance {
+    /// The data dir.
+    pub state: PathBuf,
+    /// Its name.
+    pub name: String,
+}
+
+impl Instance {
+    /// The instance NAME in `state` (nothing is made).
+    pub fn named(state: &Path, name: String) -> Instance {
+        Instance {
+            state: state.to_path_buf(),
+            name,
+        }
+    }
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        let out = run(&self.state, &["delete", "--force", &self.name]);
+        if !out.status.success() {
+            let err = String::from_utf8_lossy(&out.stderr);
+            if !err.contains("no instance") {
+                eprintln!("deleting {} failed: {err}", self.name);
+            }
+        }
+    }
+}
+
+/// A `berth daemon` on a data dir, ended with SIGKILL when dropped (what it leaves is the test's
+/// to check); requests go to its socket through curl.
+pub struct Daemon {
+    /// The data dir.
+    pub state: PathBuf,
+    child: std::process::Child,
+}
+
+impl Daemon {
+    /// Start one on `state` and wait until its socket answers.
+    pub fn start(state: &Path) -> Daemon {
+        let child = Command::new(env!("CARGO_BIN_EXE_berth"))
+            .arg("daemon")
+            .env("BERTH_DIR", state)
+            .stdin(std::process::Stdio::null())
+            .spawn()
+            .expect("berth daemon starts");
+        let d = Daemon {
+            state: state.to_path_buf(),
+            child,
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while d.call("GET", "/1.0", None).0 != 200 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "berth daemon did not answer on {}",
+                d.socket().display()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        d
+    }
+
+    /// Its socket.
+    pub fn socket(&self) -> PathBuf {
+        self.state.join("berth.sock")
+    }
+
+    /// The daemon's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// `METHOD PATH` with a JSON body: the HTTP status and the answer (0 and null when the
+    /// socket did not answer).
+    pub fn call(&self, method: &str, path: &str, body: Option<&str>) -> (u16, serde_json::Value) {
+        let mut c = Command::new("curl");
+        c.args(["-s", "-o", "-", "-w", "\n%{http_code}", "--unix-socket"])
+            .arg(self.socket())
+            .args(["-X", method, "-H", "Content-Type: application/json"]);
+        if let Some(b) = body {
+            c.args(["--data-binary", b]);
+        }
+        let out = c
+            .arg(format!("http://berth{path}"))
+            .output()
+            .expect("curl runs");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (json, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+        (
+            code.trim().parse().unwrap_or(0),
+            serde_json::from_str(json).unwrap_or(serde_json::Value::Null),
+        )
+    }
+
+    /// End it with SIGKILL, as a crash would.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

@@ -1,0 +1,88 @@
+//! What `berth daemon` answers, as Incus answers: every body is an envelope saying whether the
+//! request was done (`sync`, with its result in `metadata`) or failed (`error`, with the API
+//! error's kind, message and field).
+
+use crate::error::Error;
+use serde::{Deserialize, Serialize};
+
+/// The body of an answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+pub enum Response<T> {
+    /// Done; `metadata` is the result.
+    Sync {
+        /// The HTTP status (200).
+        status_code: u16,
+        /// The result.
+        metadata: T,
+    },
+    /// Failed.
+    Error {
+        /// The HTTP status of the error's kind.
+        error_code: u16,
+        /// The error.
+        error: Error,
+    },
+}
+
+impl<T> Response<T> {
+    /// A result.
+    pub fn ok(metadata: T) -> Response<T> {
+        Response::Sync {
+            status_code: 200,
+            metadata,
+        }
+    }
+
+    /// An error.
+    pub fn error(error: Error) -> Response<T> {
+        Response::Error {
+            error_code: error.kind.http_status(),
+            error,
+        }
+    }
+
+    /// The result, or the error it carries.
+    pub fn into_result(self) -> Result<T, Error> {
+        match self {
+            Response::Sync { metadata, .. } => Ok(metadata),
+            Response::Error { error, .. } => Err(error),
+        }
+    }
+}
+
+/// What `GET /1.0` says of the server.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerInfo {
+    /// The API's version (`1.0`).
+    pub api_version: String,
+    /// berth's version.
+    pub server_version: String,
+    /// The host's name.
+    pub hostname: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_answer_is_a_result_or_an_error_with_its_kind() {
+        let ok = serde_json::to_value(Response::ok(3)).unwrap();
+        assert_eq!(
+            ok,
+            serde_json::json!({"type": "sync", "status_code": 200, "metadata": 3})
+        );
+        let e: Response<u8> = Response::error(Error::invalid("name", "bad"));
+        let v = serde_json::to_value(&e).unwrap();
+        assert_eq!(v["type"], "error");
+        assert_eq!(v["error_code"], 400);
+        assert_eq!(v["error"]["field"], "name");
+        let back: Response<u8> = serde_json::from_value(v).unwrap();
+        assert_eq!(
+            back.into_result().unwrap_err().field.as_deref(),
+            Some("name")
+        );
+    }
+}

@@ -1,0 +1,173 @@
+//! Requests that change instances run in a worker process (`berth daemon-worker`), one per
+//! request, as LXD's `forkstart` does: the daemon is multi-threaded (tokio), and a container is
+//! started from a single-threaded process (its user namespace and `setns` need one). The worker
+//! is the CLI's own in-process path: it reads one [`Job`] as JSON on standard input, performs it
+//! with an executor, and writes one JSON [`Line`] per progress event and a last one with the
+//! answer. A daemon killed meanwhile leaves the worker to finish, and the instance as the
+//! executor leaves it (with its lock, its row, and what `list` shows).
+
+use berth_api::{
+    Error, Event, InstanceCreate, InstanceDelete, InstanceSet, InstanceStateChange, Response,
+};
+use berth_host::dirs::Dirs;
+use berth_host::executor::Executor;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::io::{BufRead, Read, Write};
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+/// One request for a worker.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "job", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Job {
+    /// Make and start an instance.
+    Create {
+        /// The request.
+        create: InstanceCreate,
+    },
+    /// Change an instance's state.
+    ChangeState {
+        /// The instance.
+        name: String,
+        /// The request.
+        change: InstanceStateChange,
+    },
+    /// Delete an instance.
+    Delete {
+        /// The instance.
+        name: String,
+        /// The request.
+        delete: InstanceDelete,
+    },
+    /// Change a container's limits.
+    Set {
+        /// The instance.
+        name: String,
+        /// The request.
+        set: InstanceSet,
+    },
+}
+
+/// One line a worker writes.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Line {
+    /// Progress.
+    Event(Event),
+    /// The answer, last.
+    Answer(Response<Value>),
+}
+
+fn value<T: Serialize>(v: Result<T, Error>) -> Result<Value, Error> {
+    v.and_then(|x| serde_json::to_value(x).map_err(|e| Error::internal(format!("an answer: {e}"))))
+}
+
+fn perform_here(ex: &Executor, job: &Job, events: &mut dyn FnMut(Event)) -> Result<Value, Error> {
+    match job {
+        Job::Create { create } => value(ex.create(create, events)),
+        Job::ChangeState { name, change } => value(ex.change_state(name, change, events)),
+        Job::Delete { name, delete } => value(ex.delete(name, delete)),
+        Job::Set { name, set } => value(ex.set(name, set)),
+    }
+}
+
+/// The worker's side: perform the job on standard input for `dirs`, writing lines to `out`.
+pub fn run(dirs: &Dirs, input: &mut dyn Read, out: &mut dyn Write) -> std::io::Result<()> {
+    let mut text = Vec::new();
+    input
+        .take(crate::body::MAX_BODY as u64 * 2)
+        .read_to_end(&mut text)?;
+    let answer = match serde_json::from_slice::<Job>(&text) {
+        Err(e) => Err(Error::internal(format!(
+            "the worker's job is unreadable: {e}"
+        ))),
+        Ok(job) => Executor::open(dirs).and_then(|ex| {
+            perform_here(&ex, &job, &mut |ev| {
+                if let Ok(line) = serde_json::to_string(&Line::Event(ev)) {
+                    let _ = writeln!(out, "{line}");
+                }
+            })
+        }),
+    };
+    let last = Line::Answer(match answer {
+        Ok(v) => Response::ok(v),
+        Err(e) => Response::error(e),
+    });
+    writeln!(out, "{}", serde_json::to_string(&last).unwrap_or_default())?;
+    out.flush()
+}
+
+/// The daemon's side: run `job` in a worker (`exe daemon-worker`) on `dirs`, and its answer.
+pub fn perform(exe: &Path, dirs: &Dirs, job: &Job) -> Result<Value, Error> {
+    let failed = |what: &str, e: &dyn std::fmt::Display| {
+        Error::internal(format!(
+            "{what} the request's worker ({}): {e}",
+            exe.display()
+        ))
+    };
+    let mut child = Command::new(exe)
+        .arg("daemon-worker")
+        .env("BERTH_DIR", &dirs.root)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(|e| failed("starting", &e))?;
+    let job_text = serde_json::to_vec(job).map_err(|e| failed("writing to", &e))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(&job_text)
+            .map_err(|e| failed("writing to", &e))?;
+    }
+    let mut answer = None;
+    if let Some(stdout) = child.stdout.take() {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            match serde_json::from_str::<Line>(&line) {
+                Ok(Line::Event(ev)) => {
+                    tracing::debug!(instance = %ev.instance, "{}", ev.message)
+                }
+                Ok(Line::Answer(a)) => answer = Some(a),
+                Err(e) => tracing::warn!("a worker's line is unreadable ({e}): {line}"),
+            }
+        }
+    }
+    let status = child.wait().map_err(|e| failed("waiting for", &e))?;
+    match answer {
+        Some(a) => a.into_result(),
+        None => Err(failed("no answer from", &status)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_worker_answers_a_job_on_its_last_line() {
+        let d = tempfile::tempdir().unwrap();
+        let dirs = Dirs {
+            root: d.path().to_path_buf(),
+        };
+        let job = serde_json::to_vec(&Job::Delete {
+            name: "web".into(),
+            delete: InstanceDelete::default(),
+        })
+        .unwrap();
+        let mut out = Vec::new();
+        run(&dirs, &mut job.as_slice(), &mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let last: Line = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+        let Line::Answer(a) = last else {
+            panic!("{text}")
+        };
+        assert_eq!(
+            a.into_result().unwrap_err().kind,
+            berth_api::ErrorKind::NotFound
+        );
+        let mut out = Vec::new();
+        run(&dirs, &mut &b"{\"job\":\"explode\"}"[..], &mut out).unwrap();
+        assert!(String::from_utf8(out).unwrap().contains("unreadable"));
+    }
+}
