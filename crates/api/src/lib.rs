@@ -13,6 +13,7 @@ pub mod error;
 pub mod event;
 pub mod exec;
 pub mod instance;
+pub mod operation;
 pub mod request;
 pub mod response;
 
@@ -24,6 +25,7 @@ pub use instance::{
     ContainerDetails, Forward, GuestKind, Instance, InstanceType, NetBytes, Ssh, State, Status,
     Usage, VmDetails,
 };
+pub use operation::{Operation, OperationStatus, OPERATION_EVENTS_MAX};
 pub use request::{
     check_disk, check_name, Accel, ContainerCreate, InstanceCreate, InstanceDelete, InstanceSet,
     InstanceStateChange, Network, StateAction, VmCreate,

@@ -1,8 +1,10 @@
 //! What `berth daemon` answers, as Incus answers: every body is an envelope saying whether the
-//! request was done (`sync`, with its result in `metadata`) or failed (`error`, with the API
+//! request was done (`sync`, with its result in `metadata`), began an operation (`async`, with
+//! the operation in `metadata` and its path in `operation`) or failed (`error`, with the API
 //! error's kind, message and field).
 
 use crate::error::Error;
+use crate::operation::Operation;
 use serde::{Deserialize, Serialize};
 
 /// The body of an answer.
@@ -15,6 +17,15 @@ pub enum Response<T> {
         status_code: u16,
         /// The result.
         metadata: T,
+    },
+    /// Begun: the operation follows it.
+    Async {
+        /// 100, as Incus has it ("operation created"; the HTTP status is 202).
+        status_code: u16,
+        /// The operation's path (`/1.0/operations/ID`).
+        operation: String,
+        /// The operation as it began.
+        metadata: Box<Operation>,
     },
     /// Failed.
     Error {
@@ -42,10 +53,23 @@ impl<T> Response<T> {
         }
     }
 
-    /// The result, or the error it carries.
+    /// An operation begun.
+    pub fn operation(op: Operation) -> Response<T> {
+        Response::Async {
+            status_code: 100,
+            operation: format!("/1.0/operations/{}", op.id),
+            metadata: Box::new(op),
+        }
+    }
+
+    /// The result, or the error it carries (an operation where a result was expected is an
+    /// internal error).
     pub fn into_result(self) -> Result<T, Error> {
         match self {
             Response::Sync { metadata, .. } => Ok(metadata),
+            Response::Async { operation, .. } => Err(Error::internal(format!(
+                "the server began operation {operation} where an answer was expected"
+            ))),
             Response::Error { error, .. } => Err(error),
         }
     }

@@ -10,6 +10,7 @@
 //! apart.
 
 pub mod body;
+pub mod ops;
 mod routes;
 pub mod worker;
 

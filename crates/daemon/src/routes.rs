@@ -5,15 +5,22 @@
 //! - `GET /1.0/instances/NAME`, `PATCH` (an `InstanceSet`), `DELETE` (an `InstanceDelete`, or
 //!   no body).
 //! - `PUT /1.0/instances/NAME/state` (an `InstanceStateChange`).
+//! - `GET /1.0/instances/NAME/logs?offset=N&max=N`: part of its console log (a `LogChunk`).
+//! - `GET /1.0/operations`, `GET /1.0/operations/ID`, `DELETE` (cancel),
+//!   `GET /1.0/operations/ID/wait?timeout=SECONDS`.
+//!
+//! Changes (create, state, set, delete) answer 202 with an operation ([`crate::ops`]) once the
+//! request has been read and checked; the operation tells how it ended.
 //!
 //! Every answer is a [`Response`] with the error's HTTP status; an unknown path is a 404 in the
 //! same envelope.
 
 use crate::body;
+use crate::ops::Operations;
 use crate::worker::{self, Job};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, State};
+use axum::extract::{Path, RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response as HttpResponse};
 use axum::routing::{get, put};
@@ -33,6 +40,7 @@ use std::path::PathBuf;
 pub struct Host {
     dirs: Dirs,
     worker: PathBuf,
+    ops: Operations,
 }
 
 /// The API's router for the data dir `dirs`; changes run in `worker daemon-worker` processes
@@ -43,11 +51,19 @@ pub fn router(dirs: Dirs, worker: PathBuf) -> Router {
         .route("/1.0/instances", get(list).post(create))
         .route("/1.0/instances/{name}", get(info).patch(set).delete(delete))
         .route("/1.0/instances/{name}/state", put(change_state))
+        .route("/1.0/instances/{name}/logs", get(logs))
+        .route("/1.0/operations", get(operations))
+        .route("/1.0/operations/{id}", get(operation).delete(cancel))
+        .route("/1.0/operations/{id}/wait", get(wait))
         .fallback(not_found)
         // Bodies are read whole and capped in `body::parse`; past the transport's cap (just
         // above it) the rejection is turned into the API's 400 by `read`.
         .layer(axum::extract::DefaultBodyLimit::max(body::MAX_BODY + 1))
-        .with_state(Host { dirs, worker })
+        .with_state(Host {
+            dirs,
+            worker,
+            ops: Operations::default(),
+        })
 }
 
 /// An answer in the API's envelope.
@@ -74,24 +90,204 @@ where
     answer(r)
 }
 
-/// Run a changing request in a worker process. One on a named instance is answered here when
-/// there is no such instance.
-async fn in_worker(host: Host, job: Job) -> HttpResponse {
-    let r = tokio::task::spawn_blocking(move || {
-        let named = match &job {
-            Job::Create { .. } => None,
+impl Job {
+    /// The instance it is about.
+    fn instance(&self) -> &str {
+        match self {
+            Job::Create { create } => &create.name,
             Job::ChangeState { name, .. } | Job::Delete { name, .. } | Job::Set { name, .. } => {
-                Some(name.clone())
+                name
             }
-        };
-        if let Some(n) = named {
-            Executor::open(&host.dirs)?.type_of(&n)?;
         }
-        worker::perform(&host.worker, &host.dirs, &job)
-    })
-    .await
-    .unwrap_or_else(|e| Err(Error::internal(format!("the request's worker failed: {e}"))));
-    answer(r)
+    }
+
+    /// What it does, in words.
+    fn description(&self) -> String {
+        let n = self.instance();
+        match self {
+            Job::Create { .. } => format!("creating instance {n}"),
+            Job::ChangeState { change, .. } => format!("{} instance {n}", change.action),
+            Job::Delete { .. } => format!("deleting instance {n}"),
+            Job::Set { .. } => format!("changing the limits of instance {n}"),
+        }
+    }
+}
+
+/// Check a changing request against the host as it is (no such instance; a create of a name
+/// that is taken), so that these are answered at once; races between requests are settled by
+/// the executor's locks in the worker.
+fn precheck(dirs: &Dirs, job: &Job) -> Result<(), Error> {
+    let ex = Executor::open(dirs)?;
+    match job {
+        Job::Create { create } => match ex.type_of(&create.name) {
+            Ok(_) => Err(Error::conflict(format!(
+                "an instance named {:?} already exists",
+                create.name
+            ))),
+            Err(e) if e.kind == berth_api::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e),
+        },
+        _ => ex.type_of(job.instance()).map(|_| ()),
+    }
+}
+
+/// Begin a changing request as an operation run by a worker process, and answer with the
+/// operation (202). A cancelled create is undone: what it left is deleted.
+async fn in_worker(host: Host, job: Job) -> HttpResponse {
+    let (dirs, checked) = (host.dirs.clone(), job.clone());
+    let pre = tokio::task::spawn_blocking(move || precheck(&dirs, &checked))
+        .await
+        .unwrap_or_else(|e| Err(Error::internal(format!("checking the request failed: {e}"))));
+    if let Err(e) = pre {
+        return answer::<()>(Err(e));
+    }
+    let may_cancel = matches!(job, Job::Create { .. });
+    let op = host.ops.begin(
+        job.description(),
+        vec![format!("/1.0/instances/{}", job.instance())],
+        may_cancel,
+    );
+    let id = op.id.clone();
+    tokio::task::spawn_blocking(move || {
+        let ops = host.ops.clone();
+        let r = worker::perform(
+            &host.worker,
+            &host.dirs,
+            &job,
+            &mut |pid| ops.running_in(&id, pid),
+            &mut |ev| ops.progress(&id, ev),
+        );
+        if ops.is_cancelled(&id) {
+            if let Job::Create { create } = &job {
+                undo_create(&host, &create.name);
+            }
+        }
+        let r = r.and_then(|v| match job {
+            Job::Create { .. } => serde_json::from_value(v)
+                .map(Some)
+                .map_err(|e| Error::internal(format!("the worker's instance: {e}"))),
+            _ => Ok(None),
+        });
+        ops.finish(&id, r);
+    });
+    (
+        StatusCode::ACCEPTED,
+        axum::Json(Response::<()>::operation(op)),
+    )
+        .into_response()
+}
+
+/// Delete what a cancelled create of `name` left, if anything.
+fn undo_create(host: &Host, name: &str) {
+    let exists = Executor::open(&host.dirs)
+        .and_then(|ex| ex.type_of(name))
+        .is_ok();
+    if !exists {
+        return;
+    }
+    let job = Job::Delete {
+        name: name.to_string(),
+        delete: InstanceDelete { force: true },
+    };
+    if let Err(e) = worker::perform(&host.worker, &host.dirs, &job, &mut |_| false, &mut |_| {}) {
+        tracing::warn!("undoing the cancelled create of {name}: {e}");
+    }
+}
+
+/// `offset` and `max` of a log request (numbers of bytes).
+fn log_range(query: Option<&str>) -> Result<(u64, u64), Error> {
+    let (mut offset, mut max) = (0, berth_host::executor::LOG_CHUNK_MAX);
+    for (k, v) in params(query, &["offset", "max"], "/logs")? {
+        let n = v
+            .parse::<u64>()
+            .map_err(|_| Error::invalid(k, format!("{k} {v:?} is not a number of bytes")))?;
+        if k == "offset" {
+            offset = n;
+        } else {
+            max = n;
+        }
+    }
+    Ok((offset, max))
+}
+
+async fn logs(
+    State(host): State<Host>,
+    Path(raw): Path<String>,
+    RawQuery(query): RawQuery,
+) -> HttpResponse {
+    match name(&raw).and_then(|n| Ok((n, log_range(query.as_deref())?))) {
+        Ok((n, (offset, max))) => {
+            perform(host.dirs, move |ex| ex.console_log(&n, offset, max)).await
+        }
+        Err(e) => answer::<()>(Err(e)),
+    }
+}
+
+async fn operations(State(host): State<Host>) -> HttpResponse {
+    answer(Ok(host.ops.list()))
+}
+
+async fn operation(State(host): State<Host>, Path(id): Path<String>) -> HttpResponse {
+    answer(host.ops.get(&id))
+}
+
+/// A query's `key=value` pairs, each key one of `known` (`what` names the route for the error).
+fn params<'a>(
+    query: Option<&'a str>,
+    known: &[&str],
+    what: &str,
+) -> Result<Vec<(&'a str, &'a str)>, Error> {
+    let mut out = Vec::new();
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        if !known.contains(&k) {
+            return Err(Error::invalid(
+                k,
+                format!("{k:?} is not a parameter of {what} ({})", known.join(", ")),
+            ));
+        }
+        out.push((k, v));
+    }
+    Ok(out)
+}
+
+/// `?timeout=SECONDS` (a number, fractions allowed; none or negative: until it ends).
+fn timeout_of(query: Option<&str>) -> Result<Option<std::time::Duration>, Error> {
+    let mut timeout = None;
+    for (_, v) in params(query, &["timeout"], "/wait")? {
+        let secs: f64 = v.parse().map_err(|_| {
+            Error::invalid(
+                "timeout",
+                format!("timeout {v:?} is not a number of seconds"),
+            )
+        })?;
+        timeout = (secs.is_finite() && secs >= 0.0)
+            .then(|| std::time::Duration::from_secs_f64(secs.min(86_400.0)));
+    }
+    Ok(timeout)
+}
+
+async fn wait(
+    State(host): State<Host>,
+    Path(id): Path<String>,
+    RawQuery(query): RawQuery,
+) -> HttpResponse {
+    match timeout_of(query.as_deref()) {
+        Ok(t) => answer(host.ops.wait(&id, t).await),
+        Err(e) => answer::<()>(Err(e)),
+    }
+}
+
+async fn cancel(State(host): State<Host>, Path(id): Path<String>) -> HttpResponse {
+    match host.ops.cancel(&id) {
+        Ok(pid) => {
+            if let Some(pid) = pid {
+                worker::terminate(pid);
+            }
+            answer(host.ops.get(&id))
+        }
+        Err(e) => answer::<()>(Err(e)),
+    }
 }
 
 /// The body as read, or why it could not be (larger than the transport's cap: the API's 400).
@@ -269,6 +465,8 @@ mod tests {
                 "disk",
             ),
             ("GET", "/1.0/instances/..%2Fetc", "", "name"),
+            ("GET", "/1.0/instances/a/logs?offset=-1", "", "offset"),
+            ("GET", "/1.0/instances/a/logs?colour=1", "", "colour"),
             (
                 "PUT",
                 "/1.0/instances/a/state",
@@ -303,10 +501,61 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_change_is_an_operation_that_tells_how_it_ended() {
+        let (_d, dirs) = dirs();
+        let app = router(dirs.clone(), "/nonexistent/berth".into());
+        let send = |method: &str, uri: &str, body: &str| {
+            let req = Request::builder()
+                .method(method)
+                .uri(uri)
+                .body(Body::from(body.to_string()))
+                .unwrap();
+            let app = app.clone();
+            async move {
+                let res = app.oneshot(req).await.unwrap();
+                let status = res.status().as_u16();
+                let bytes = res.into_body().collect().await.unwrap().to_bytes();
+                (
+                    status,
+                    serde_json::from_slice::<serde_json::Value>(&bytes).unwrap(),
+                )
+            }
+        };
+        let (s, v) = send(
+            "POST",
+            "/1.0/instances",
+            r#"{"name":"web","image":"debian-12","type":"container"}"#,
+        )
+        .await;
+        assert_eq!((s, v["type"].as_str()), (202, Some("async")), "{v}");
+        let url = v["operation"].as_str().unwrap().to_string();
+        assert_eq!(v["metadata"]["resources"][0], "/1.0/instances/web");
+        assert_eq!(v["metadata"]["description"], "creating instance web");
+        // This router's worker program does not exist: the operation fails, saying so.
+        let (s, v) = send("GET", &format!("{url}/wait?timeout=30"), "").await;
+        assert_eq!(s, 200, "{v}");
+        assert_eq!(v["metadata"]["status"], "failure", "{v}");
+        assert!(v["metadata"]["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("/nonexistent/berth"));
+        let (_, v) = send("GET", "/1.0/operations", "").await;
+        assert_eq!(v["metadata"].as_array().unwrap().len(), 1);
+        // It has ended: it cannot be cancelled.
+        let (s, _) = send("DELETE", &url, "").await;
+        assert_eq!(s, 409);
+        let (s, v) = send("GET", &format!("{url}/wait?timeout=soon"), "").await;
+        assert_eq!((s, v["error"]["field"].as_str()), (400, Some("timeout")));
+        let (s, _) = send("GET", "/1.0/operations/nope/wait", "").await;
+        assert_eq!(s, 404);
+    }
+
+    #[tokio::test]
     async fn an_unknown_instance_is_a_404() {
         let (_d, dirs) = dirs();
         for (method, uri, body) in [
             ("GET", "/1.0/instances/web", ""),
+            ("GET", "/1.0/instances/web/logs?offset=0", ""),
             ("DELETE", "/1.0/instances/web", ""),
             ("PUT", "/1.0/instances/web/state", r#"{"action":"stop"}"#),
             ("PATCH", "/1.0/instances/web", r#"{"limits":["memory=1G"]}"#),

@@ -99,7 +99,15 @@ pub fn run(dirs: &Dirs, input: &mut dyn Read, out: &mut dyn Write) -> std::io::R
 }
 
 /// The daemon's side: run `job` in a worker (`exe daemon-worker`) on `dirs`, and its answer.
-pub fn perform(exe: &Path, dirs: &Dirs, job: &Job) -> Result<Value, Error> {
+/// `started` gets the worker's pid (and answers whether to end it at once: the job was
+/// cancelled meanwhile); `events` gets its progress.
+pub fn perform(
+    exe: &Path,
+    dirs: &Dirs,
+    job: &Job,
+    started: &mut dyn FnMut(u32) -> bool,
+    events: &mut dyn FnMut(Event),
+) -> Result<Value, Error> {
     let failed = |what: &str, e: &dyn std::fmt::Display| {
         Error::internal(format!(
             "{what} the request's worker ({}): {e}",
@@ -114,6 +122,9 @@ pub fn perform(exe: &Path, dirs: &Dirs, job: &Job) -> Result<Value, Error> {
         .stderr(Stdio::inherit())
         .spawn()
         .map_err(|e| failed("starting", &e))?;
+    if started(child.id()) {
+        terminate(child.id());
+    }
     let job_text = serde_json::to_vec(job).map_err(|e| failed("writing to", &e))?;
     if let Some(mut stdin) = child.stdin.take() {
         stdin
@@ -126,7 +137,8 @@ pub fn perform(exe: &Path, dirs: &Dirs, job: &Job) -> Result<Value, Error> {
             let Ok(line) = line else { break };
             match serde_json::from_str::<Line>(&line) {
                 Ok(Line::Event(ev)) => {
-                    tracing::debug!(instance = %ev.instance, "{}", ev.message)
+                    tracing::debug!(instance = %ev.instance, "{}", ev.message);
+                    events(ev);
                 }
                 Ok(Line::Answer(a)) => answer = Some(a),
                 Err(e) => tracing::warn!("a worker's line is unreadable ({e}): {line}"),
@@ -137,6 +149,14 @@ pub fn perform(exe: &Path, dirs: &Dirs, job: &Job) -> Result<Value, Error> {
     match answer {
         Some(a) => a.into_result(),
         None => Err(failed("no answer from", &status)),
+    }
+}
+
+/// Ask the worker `pid` to stop (SIGTERM: it ends where it stands, as a CLI command would; the
+/// instance is then as a cut-short command leaves it).
+pub fn terminate(pid: u32) {
+    if let Some(p) = rustix::process::Pid::from_raw(pid as i32) {
+        let _ = rustix::process::kill_process(p, rustix::process::Signal::TERM);
     }
 }
 
