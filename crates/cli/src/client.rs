@@ -1,7 +1,8 @@
-//! The client side of the API: what the CLI asks for instances, through one trait. The
-//! in-process executor implements it today; a remote `berth daemon` will implement it too, so
-//! that every instance command works the same on either.
+//! The client side of the API: what the CLI asks for instances, through one trait, implemented
+//! by the in-process executor (remote `local`) and by a client of a `berth daemon`
+//! ([`berth_client::Remote`]), so that every instance command works the same on either.
 
+use crate::remote::Target;
 use berth_api::{
     Error, Event, ExecExit, Instance, InstanceCreate, InstanceDelete, InstanceExec, InstanceRun,
     InstanceSet, InstanceStateChange, InstanceType, LogChunk,
@@ -96,7 +97,84 @@ impl Client for Executor {
     }
 }
 
+/// What a daemon cannot do yet for a client (the streams of `exec`, `run` and `console`).
+fn not_over_a_daemon(what: &str) -> Error {
+    Error::invalid(
+        "remote",
+        format!("{what} runs only in-process (remote local) for now, not through a daemon"),
+    )
+}
+
+impl Client for berth_client::Remote {
+    fn list(&self) -> Result<Vec<Instance>, Error> {
+        berth_client::Remote::list(self)
+    }
+    fn info(&self, name: &str) -> Result<Instance, Error> {
+        berth_client::Remote::info(self, name)
+    }
+    fn type_of(&self, name: &str) -> Result<InstanceType, Error> {
+        Ok(berth_client::Remote::info(self, name)?.instance_type)
+    }
+    fn create(&self, r: &InstanceCreate, events: &mut dyn FnMut(Event)) -> Result<Instance, Error> {
+        berth_client::Remote::create(self, r, events)
+    }
+    fn change_state(
+        &self,
+        name: &str,
+        r: &InstanceStateChange,
+        events: &mut dyn FnMut(Event),
+    ) -> Result<(), Error> {
+        berth_client::Remote::change_state(self, name, r, events)
+    }
+    fn delete(&self, name: &str, r: &InstanceDelete) -> Result<(), Error> {
+        berth_client::Remote::delete(self, name, r)
+    }
+    fn set(&self, name: &str, r: &InstanceSet) -> Result<(), Error> {
+        berth_client::Remote::set(self, name, r)
+    }
+    fn exec(&self, _name: &str, _r: &InstanceExec) -> Result<ExecExit, Error> {
+        Err(not_over_a_daemon("exec (and shell, ssh)"))
+    }
+    fn run(&self, _r: &InstanceRun) -> Result<ExecExit, Error> {
+        Err(not_over_a_daemon("run"))
+    }
+    fn console_log(&self, name: &str, offset: u64) -> Result<LogChunk, Error> {
+        berth_client::Remote::console_log(self, name, offset)
+    }
+    fn console(&self, _name: &str) -> Result<Console, Error> {
+        Err(not_over_a_daemon("console"))
+    }
+}
+
 /// The executor for this user's data dir, in this process.
 pub fn local() -> anyhow::Result<Box<dyn Client>> {
     Ok(Box::new(Executor::open(&crate::output::dirs()?)?))
+}
+
+/// The client of a remote.
+pub fn of(target: Target) -> anyhow::Result<Box<dyn Client>> {
+    match target {
+        Target::Local => local(),
+        Target::Daemon(_, endpoint) => Ok(Box::new(berth_client::Remote::new(endpoint)?)),
+    }
+}
+
+/// `REMOTE:NAME` or `NAME` (on the default remote): its client and the instance's name.
+pub fn target(raw: &str) -> anyhow::Result<(Box<dyn Client>, String)> {
+    let (t, name) = crate::remote::load()?.split(raw)?;
+    let name = name.to_string();
+    Ok((of(t)?, name))
+}
+
+/// `REMOTE:` (or nothing: the default remote): its client.
+pub fn remote(raw: Option<&str>) -> anyhow::Result<Box<dyn Client>> {
+    let remotes = crate::remote::load()?;
+    let t = match raw {
+        None => remotes.target(&remotes.default)?,
+        Some(r) => match r.strip_suffix(':') {
+            Some(name) => remotes.target(name)?,
+            None => anyhow::bail!("{r:?} is not a remote (write it REMOTE:, as in host2:)"),
+        },
+    };
+    of(t)
 }

@@ -191,7 +191,8 @@ pub fn set(a: SetArgs) -> Result<Status> {
     let r = berth_api::InstanceSet {
         limits: a.assignments,
     };
-    crate::client::local()?.set(&a.name, &r)?;
+    let (client, name) = crate::client::target(&a.name)?;
+    client.set(&name, &r)?;
     println!("Updated {}.", a.name);
     Ok(Status(0))
 }

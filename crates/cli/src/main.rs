@@ -10,6 +10,7 @@ mod image;
 mod key;
 mod machine_id;
 mod output;
+mod remote;
 mod render;
 mod seed;
 mod vm;
@@ -87,6 +88,9 @@ enum Command {
     /// systemd/D-Bus machine-ids: new, validate, read from a tree or image, ensure, audit.
     #[command(subcommand, name = "machine-id")]
     MachineId(machine_id::MachineIdCommand),
+    /// Remote hosts: berth daemons this client manages (REMOTE:NAME names an instance there).
+    #[command(subcommand)]
+    Remote(remote::RemoteCommand),
     /// Serve this host's instances as REST under /1.0 on DATA/berth.sock (mode 0660) until
     /// SIGTERM or SIGINT; guests keep running when it stops.
     Daemon,
@@ -155,6 +159,7 @@ fn main() -> ExitCode {
         Command::ConsoleRelay(a) => container::relay(a),
         Command::Seed(cmd) => seed::run(cmd),
         Command::MachineId(cmd) => machine_id::run(cmd),
+        Command::Remote(cmd) => remote::run(cmd),
         Command::DaemonWorker => output::dirs().and_then(|d| {
             berth_daemon::worker::run(&d, &mut std::io::stdin(), &mut std::io::stdout())?;
             Ok(Status(0))
@@ -221,6 +226,10 @@ mod tests {
             (
                 vec!["key"],
                 crate::key::KeyCommand::augment_subcommands(clap::Command::new("key")),
+            ),
+            (
+                vec!["remote"],
+                crate::remote::RemoteCommand::augment_subcommands(clap::Command::new("remote")),
             ),
             (
                 vec!["machine-id"],

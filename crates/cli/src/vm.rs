@@ -109,6 +109,8 @@ pub struct LaunchArgs {
 // `berth list`.
 #[derive(Debug, Args)]
 pub struct ListArgs {
+    /// The remote to list (`host2:`; the default remote if none).
+    pub remote: Option<String>,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
@@ -346,12 +348,14 @@ fn progress_line(e: Event) {
     }
 }
 
-pub fn launch(a: LaunchArgs) -> Result<Status> {
+pub fn launch(mut a: LaunchArgs) -> Result<Status> {
     // The guest is made whether or not anyone still reads what berth says about it.
     berth_container::direct::ignore_sigpipe();
+    let (client, name) = client::target(&a.name)?;
+    a.name = name;
     let r = a.request()?;
     let started = std::time::Instant::now();
-    let i = client::local()?.create(&r, &mut progress_line)?;
+    let i = client.create(&r, &mut progress_line)?;
     let waited = r.wait_seconds.is_some();
     let took = started.elapsed().as_secs_f64();
     match (&i.vm, &i.container) {
@@ -387,7 +391,7 @@ pub fn launch(a: LaunchArgs) -> Result<Status> {
 }
 
 pub fn list(a: ListArgs) -> Result<Status> {
-    let all = client::local()?.list()?;
+    let all = client::remote(a.remote.as_deref())?.list()?;
     if a.json {
         print_json(&all)?;
         return Ok(Status(0));
@@ -419,7 +423,8 @@ pub fn list(a: ListArgs) -> Result<Status> {
 }
 
 pub fn info(a: InfoArgs) -> Result<Status> {
-    let i = client::local()?.info(&a.name)?;
+    let (client, name) = client::target(&a.name)?;
+    let i = client.info(&name)?;
     if a.json {
         print_json(&i)?;
     } else {
@@ -441,7 +446,8 @@ fn change(
         timeout_seconds: timeout,
         wait_seconds: wait,
     };
-    client::local()?.change_state(name, &r, &mut |e| {
+    let (client, name) = client::target(name)?;
+    client.change_state(&name, &r, &mut |e| {
         if e.kind == EventKind::Progress {
             say(&format!("{}: {}", e.instance, e.message))
         }
@@ -491,17 +497,18 @@ pub fn pause(a: NameArg, p: bool) -> Result<Status> {
 }
 
 pub fn delete(a: DeleteArgs) -> Result<Status> {
-    client::local()?.delete(&a.name, &InstanceDelete { force: a.force })?;
+    let (client, name) = client::target(&a.name)?;
+    client.delete(&name, &InstanceDelete { force: a.force })?;
     println!("Deleted {}.", a.name);
     Ok(Status(0))
 }
 
 pub fn logs(a: LogsArgs) -> Result<Status> {
-    let client = client::local()?;
+    let (client, name) = client::target(&a.name)?;
     let mut out = std::io::stdout().lock();
     let mut offset = 0;
     loop {
-        let chunk = client.console_log(&a.name, offset)?;
+        let chunk = client.console_log(&name, offset)?;
         let more = chunk.next_offset != offset;
         offset = chunk.next_offset;
         out.write_all(&chunk.data)?;
@@ -527,13 +534,14 @@ pub fn shell(a: NameArg) -> Result<Status> {
         command: Vec::new(),
         interactive: std::io::stdin().is_terminal(),
     };
-    Ok(exec_status(client::local()?.exec(&a.name, &r)?))
+    let (client, name) = client::target(&a.name)?;
+    Ok(exec_status(client.exec(&name, &r)?))
 }
 
 /// `berth ssh NAME [-- CMD]`: SSH to a VM (a session, or the command).
 pub fn ssh(a: SshArgs) -> Result<Status> {
-    let client = client::local()?;
-    if client.type_of(&a.name)? != InstanceType::Vm {
+    let (client, name) = client::target(&a.name)?;
+    if client.type_of(&name)? != InstanceType::Vm {
         anyhow::bail!(
             "{} is a container, not a VM: berth shell {} or berth exec {} -- CMD reach it",
             a.name,
@@ -545,7 +553,7 @@ pub fn ssh(a: SshArgs) -> Result<Status> {
         interactive: a.command.is_empty() && std::io::stdin().is_terminal(),
         command: a.command,
     };
-    Ok(exec_status(client.exec(&a.name, &r)?))
+    Ok(exec_status(client.exec(&name, &r)?))
 }
 
 pub fn exec(a: ExecArgs) -> Result<Status> {
@@ -553,14 +561,18 @@ pub fn exec(a: ExecArgs) -> Result<Status> {
         command: a.command,
         interactive: false,
     };
-    Ok(exec_status(client::local()?.exec(&a.name, &r)?))
+    let (client, name) = client::target(&a.name)?;
+    Ok(exec_status(client.exec(&name, &r)?))
 }
 
 pub fn console(a: NameArg) -> Result<Status> {
     let crate::client::Console {
         output: mut reader,
         input: mut writer,
-    } = client::local()?.console(&a.name)?;
+    } = {
+        let (client, name) = client::target(&a.name)?;
+        client.console(&name)?
+    };
     let tty = std::io::stdin().is_terminal();
     let saved = if tty {
         let stdin = rustix::stdio::stdin();

@@ -1,11 +1,19 @@
 //! `berth daemon` end to end, as root on this machine: the instance requests over its unix
-//! socket, with the CLI working on the same instances in-process beside it, and a daemon killed
-//! with SIGKILL while its guests run.
+//! socket as operations, with the CLI working on the same instances in-process beside it; the
+//! CLI through a remote; a cancelled VM create; and a daemon killed with SIGKILL while its
+//! guests run.
 
 mod common;
 
-use common::{e2e_dir, e2e_image, run_ok, Daemon, Instance};
+use common::{e2e_dir, e2e_image, run_ok, Client, Daemon, Instance};
 use serde_json::Value;
+
+/// The tests share the e2e data dir, so its daemon socket: one test at a time has a daemon.
+static ONE_DAEMON: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_daemon() -> std::sync::MutexGuard<'static, ()> {
+    ONE_DAEMON.lock().unwrap_or_else(|p| p.into_inner())
+}
 
 fn state_of(d: &Daemon, name: &str) -> String {
     let (s, v) = d.call("GET", &format!("/1.0/instances/{name}"), None);
@@ -18,6 +26,7 @@ fn state_of(d: &Daemon, name: &str) -> String {
 
 #[test]
 fn a_container_made_and_changed_through_the_daemon_outlives_a_killed_daemon() {
+    let _one = one_daemon();
     e2e_image();
     let state = e2e_dir();
     let name = format!("dmn-ct-{}", std::process::id());
@@ -49,10 +58,12 @@ fn a_container_made_and_changed_through_the_daemon_outlives_a_killed_daemon() {
         r#"{{"name":"{name}","image":"debian-12","type":"container","wait_seconds":120,
             "container":{{"limits":["memory=256M"]}}}}"#
     );
-    let (s, v) = d.call("POST", "/1.0/instances", Some(&create));
-    assert_eq!(s, 200, "{v}");
-    assert_eq!(v["metadata"]["state"]["state"], "running", "{v}");
-    // A second create of the name is a conflict.
+    let (s, op) = d.operate("POST", "/1.0/instances", Some(&create));
+    assert_eq!(s, 202, "{op}");
+    assert_eq!(op["status"], "success", "{op}");
+    assert_eq!(op["instance"]["state"]["state"], "running", "{op}");
+    assert!(!op["events"].as_array().unwrap().is_empty(), "{op}");
+    // A second create of the name is a conflict, answered at once.
     let (s, v) = d.call("POST", "/1.0/instances", Some(&create));
     assert_eq!(
         (s, v["error"]["kind"].as_str()),
@@ -70,12 +81,12 @@ fn a_container_made_and_changed_through_the_daemon_outlives_a_killed_daemon() {
         .iter()
         .any(|i| i["name"] == name.as_str()));
 
-    let (s, v) = d.call(
+    let (s, op) = d.operate(
         "PATCH",
         &format!("/1.0/instances/{name}"),
         Some(r#"{"limits":["memory=300M"]}"#),
     );
-    assert_eq!(s, 200, "{v}");
+    assert_eq!((s, op["status"].as_str()), (202, Some("success")), "{op}");
     let (_, v) = d.call("GET", &format!("/1.0/instances/{name}"), None);
     assert_eq!(v["metadata"]["limits"]["memory"], "300M", "{v}");
 
@@ -86,17 +97,136 @@ fn a_container_made_and_changed_through_the_daemon_outlives_a_killed_daemon() {
     let d = Daemon::start(&state);
     assert_eq!(state_of(&d, &name), "running");
 
-    let (s, v) = d.call(
+    let (s, op) = d.operate(
         "PUT",
         &format!("/1.0/instances/{name}/state"),
         Some(r#"{"action":"stop","timeout_seconds":60}"#),
     );
-    assert_eq!(s, 200, "{v}");
+    assert_eq!((s, op["status"].as_str()), (202, Some("success")), "{op}");
     assert_eq!(state_of(&d, &name), "stopped");
-    let (s, v) = d.call("DELETE", &format!("/1.0/instances/{name}"), None);
-    assert_eq!(s, 200, "{v}");
+    let (s, op) = d.operate("DELETE", &format!("/1.0/instances/{name}"), None);
+    assert_eq!((s, op["status"].as_str()), (202, Some("success")), "{op}");
     assert_eq!(
         d.call("GET", &format!("/1.0/instances/{name}"), None).0,
         404
     );
+}
+
+#[test]
+fn the_cli_manages_a_container_through_a_remote() {
+    let _one = one_daemon();
+    e2e_image();
+    let state = e2e_dir();
+    let name = format!("rmt-ct-{}", std::process::id());
+    let _cleanup = Instance::named(&state, name.clone());
+    let d = Daemon::start(&state);
+    let c = Client::new();
+    let addr = format!("unix://{}", d.socket().display());
+    let out = c.run_ok(&["remote", "add", "d1", &addr]);
+    assert!(out.contains("Added remote d1"), "{out}");
+    // A remote that does not answer is not added.
+    let bad = c.run(&["remote", "add", "d2", "unix:///nonexistent/berth.sock"]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("/nonexistent/berth.sock"));
+    let remotes: Value = serde_json::from_str(&c.run_ok(&["remote", "list", "--json"])).unwrap();
+    assert_eq!(remotes.as_array().unwrap().len(), 2, "{remotes}");
+
+    let target = format!("d1:{name}");
+    let out = c.run(&[
+        "launch",
+        "debian-12",
+        &target,
+        "--container",
+        "--memory",
+        "256M",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Its progress came back from the daemon's operation.
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(&format!("{name}: ")),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let listed: Value = serde_json::from_str(&c.run_ok(&["list", "d1:", "--json"])).unwrap();
+    assert!(listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|i| i["name"] == name.as_str()));
+    // The client's own host (its in-process remote) has no such instance.
+    let local: Value = serde_json::from_str(&c.run_ok(&["list", "--json"])).unwrap();
+    assert_eq!(local, serde_json::json!([]));
+    let info: Value = serde_json::from_str(&c.run_ok(&["info", "--json", &target])).unwrap();
+    assert_eq!(info["state"]["state"], "running", "{info}");
+
+    c.run_ok(&["set", &target, "memory=300M"]);
+    let info: Value = serde_json::from_str(&c.run_ok(&["info", "--json", &target])).unwrap();
+    assert_eq!(info["limits"]["memory"], "300M", "{info}");
+    c.run_ok(&["logs", &target]);
+    c.run_ok(&["stop", &target]);
+    // With the default remote switched, a bare name is on it.
+    c.run_ok(&["remote", "switch", "d1"]);
+    assert_eq!(c.run_ok(&["remote", "get-default"]).trim(), "d1");
+    c.run_ok(&["start", &name]);
+    assert_eq!(state_of(&d, &name), "running");
+    c.run_ok(&["delete", "--force", &name]);
+    assert_eq!(
+        d.call("GET", &format!("/1.0/instances/{name}"), None).0,
+        404
+    );
+    c.run_ok(&["remote", "remove", "d1"]);
+    assert_eq!(c.run_ok(&["remote", "get-default"]).trim(), "local");
+}
+
+#[test]
+fn a_cancelled_vm_create_leaves_nothing() {
+    let _one = one_daemon();
+    e2e_image();
+    let state = e2e_dir();
+    let name = format!("dmn-cancel-{}", std::process::id());
+    let _cleanup = Instance::named(&state, name.clone());
+    let d = Daemon::start(&state);
+    let (s, v) = d.call(
+        "POST",
+        "/1.0/instances",
+        Some(&format!(
+            r#"{{"name":"{name}","image":"debian-12","type":"vm","wait_seconds":300}}"#
+        )),
+    );
+    assert_eq!(s, 202, "{v}");
+    let op = v["operation"].as_str().unwrap().to_string();
+    assert_eq!(v["metadata"]["may_cancel"], true, "{v}");
+    // Let it get under way (the disk is being made, or QEMU started).
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let (s, v) = d.call("DELETE", &op, None);
+    assert_eq!(s, 200, "{v}");
+    let (_, v) = d.call("GET", &format!("{op}/wait?timeout=120"), None);
+    assert_eq!(v["metadata"]["status"], "cancelled", "{v}");
+    assert_eq!(
+        d.call("GET", &format!("/1.0/instances/{name}"), None).0,
+        404
+    );
+    let qemu = std::process::Command::new("pgrep")
+        .args(["-f", &format!("instances/{name}/")])
+        .output()
+        .unwrap();
+    assert!(
+        qemu.stdout.is_empty(),
+        "a process of the cancelled create is left: {}",
+        String::from_utf8_lossy(&qemu.stdout)
+    );
+    // The name can be used again (and the cancelled operation cannot be cancelled twice).
+    assert_eq!(d.call("DELETE", &op, None).0, 409);
+    let (s, op) = d.operate(
+        "POST",
+        "/1.0/instances",
+        Some(&format!(
+            r#"{{"name":"{name}","image":"debian-12","type":"container","wait_seconds":120}}"#
+        )),
+    );
+    assert_eq!((s, op["status"].as_str()), (202, Some("success")), "{op}");
 }

@@ -194,6 +194,25 @@ impl Daemon {
         )
     }
 
+    /// A changing request (answered 202 with an operation) followed to its end: the HTTP
+    /// status of the request and, when it began one, the operation as it ended.
+    pub fn operate(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+    ) -> (u16, serde_json::Value) {
+        let (s, v) = self.call(method, path, body);
+        if s != 202 {
+            return (s, v);
+        }
+        assert_eq!(v["type"], "async", "{v}");
+        let op = v["operation"].as_str().expect("an operation's path");
+        let (ws, wv) = self.call("GET", &format!("{op}/wait?timeout=600"), None);
+        assert_eq!(ws, 200, "waiting for {op}: {wv}");
+        (s, wv["metadata"].clone())
+    }
+
     /// End it with SIGKILL, as a crash would.
     pub fn kill(&mut self) {
         let _ = self.child.kill();
@@ -204,5 +223,46 @@ impl Daemon {
 impl Drop for Daemon {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// A CLI user on another machine, in effect: `berth` with a config folder of its own
+/// (`BERTH_CONF`, where its remotes live) and an empty data dir of its own, so that whatever it
+/// reaches it reaches through a remote.
+pub struct Client {
+    conf: tempfile::TempDir,
+    data: tempfile::TempDir,
+}
+
+impl Client {
+    /// A fresh one.
+    pub fn new() -> Client {
+        Client {
+            conf: tempfile::tempdir().unwrap(),
+            data: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    /// Run `berth ARGS` as this client.
+    pub fn run(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_berth"))
+            .args(args)
+            .env("BERTH_DIR", self.data.path())
+            .env("BERTH_CONF", self.conf.path())
+            .output()
+            .expect("berth runs")
+    }
+
+    /// Run `berth ARGS` as this client and return its stdout; panics on failure.
+    pub fn run_ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "berth {args:?} failed ({:?}):\n{}{}",
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
     }
 }

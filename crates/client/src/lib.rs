@@ -1,0 +1,207 @@
+//! A client of `berth daemon`: the API's requests ([`berth_api`]) sent to a daemon and its
+//! answers read back, operations followed to their end with their progress passed on as
+//! events. Blocking (each call runs on a runtime of its own, on this thread), so the CLI uses
+//! it where it would call the executor in-process.
+//!
+//! Transport: HTTP/1.1 over the daemon's unix socket (`unix:///var/lib/berth/berth.sock`).
+
+mod transport;
+
+use berth_api::{
+    Error, Event, Instance, InstanceCreate, InstanceDelete, InstanceSet, InstanceStateChange,
+    LogChunk, Operation, Response, ServerInfo,
+};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub use transport::Endpoint;
+
+/// How long one `/wait` call waits before the client looks for new progress.
+const POLL: Duration = Duration::from_millis(500);
+
+/// A daemon, as its client reaches it.
+#[derive(Debug)]
+pub struct Remote {
+    endpoint: Endpoint,
+    rt: tokio::runtime::Runtime,
+}
+
+/// A request's path segment: an instance name as the URL carries it. Names are checked by the
+/// API (letters, digits, `-`), so they need no escaping; anything else is refused here too.
+fn segment(name: &str) -> Result<&str, Error> {
+    berth_api::check_name(name)?;
+    Ok(name)
+}
+
+impl Remote {
+    /// A client of the daemon at `endpoint`.
+    pub fn new(endpoint: Endpoint) -> Result<Remote, Error> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| Error::internal(format!("starting the client's runtime: {e}")))?;
+        Ok(Remote { endpoint, rt })
+    }
+
+    /// A client of the daemon on the unix socket `path`.
+    pub fn unix(path: impl Into<PathBuf>) -> Result<Remote, Error> {
+        Remote::new(Endpoint::Unix(path.into()))
+    }
+
+    /// Where it reaches the daemon.
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
+    }
+
+    /// Send `METHOD path` with `body` (JSON), and the answer's envelope.
+    fn call<T: DeserializeOwned>(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&impl Serialize>,
+    ) -> Result<Response<T>, Error> {
+        let bytes = body
+            .map(serde_json::to_vec)
+            .transpose()
+            .map_err(|e| Error::internal(format!("writing the request to {path}: {e}")))?;
+        let (status, answer) =
+            self.rt
+                .block_on(transport::send(&self.endpoint, method, path, bytes))?;
+        serde_json::from_slice::<Response<T>>(&answer).map_err(|e| {
+            Error::internal(format!(
+                "{} answered {method} {path} with HTTP {status} and a body berth cannot read \
+                 ({e}): {}",
+                self.endpoint,
+                String::from_utf8_lossy(&answer[..answer.len().min(200)])
+            ))
+        })
+    }
+
+    fn sync<T: DeserializeOwned>(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&impl Serialize>,
+    ) -> Result<T, Error> {
+        self.call(method, path, body)?.into_result()
+    }
+
+    /// Send a changing request and follow the operation it begins to its end, passing its
+    /// progress to `events`.
+    fn operate(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&impl Serialize>,
+        events: &mut dyn FnMut(Event),
+    ) -> Result<Option<Instance>, Error> {
+        let op = match self.call::<serde_json::Value>(method, path, body)? {
+            Response::Async { metadata, .. } => *metadata,
+            Response::Error { error, .. } => return Err(error),
+            Response::Sync { .. } => {
+                return Err(Error::internal(format!(
+                    "{} answered {method} {path} at once where an operation was expected",
+                    self.endpoint
+                )))
+            }
+        };
+        self.follow(op, events)?.outcome()
+    }
+
+    /// Wait for `op` to end, passing on each progress event once.
+    pub fn follow(
+        &self,
+        mut op: Operation,
+        events: &mut dyn FnMut(Event),
+    ) -> Result<Operation, Error> {
+        let mut seen = 0;
+        loop {
+            for ev in op.events.iter().skip(seen) {
+                events(ev.clone());
+            }
+            seen = op.events.len();
+            if op.status.is_final() {
+                return Ok(op);
+            }
+            let path = format!(
+                "/1.0/operations/{}/wait?timeout={}",
+                op.id,
+                POLL.as_secs_f64()
+            );
+            op = self.sync("GET", &path, None::<&()>)?;
+        }
+    }
+
+    /// What the server says of itself.
+    pub fn server(&self) -> Result<ServerInfo, Error> {
+        self.sync("GET", "/1.0", None::<&()>)
+    }
+
+    /// Every instance.
+    pub fn list(&self) -> Result<Vec<Instance>, Error> {
+        self.sync("GET", "/1.0/instances", None::<&()>)
+    }
+
+    /// One instance, with live usage.
+    pub fn info(&self, name: &str) -> Result<Instance, Error> {
+        self.sync(
+            "GET",
+            &format!("/1.0/instances/{}", segment(name)?),
+            None::<&()>,
+        )
+    }
+
+    /// Make and start an instance.
+    pub fn create(
+        &self,
+        r: &InstanceCreate,
+        events: &mut dyn FnMut(Event),
+    ) -> Result<Instance, Error> {
+        segment(&r.name)?;
+        self.operate("POST", "/1.0/instances", Some(r), events)?
+            .ok_or_else(|| {
+                Error::internal(format!(
+                    "{} created {} but did not say what it made",
+                    self.endpoint, r.name
+                ))
+            })
+    }
+
+    /// Change an instance's state.
+    pub fn change_state(
+        &self,
+        name: &str,
+        r: &InstanceStateChange,
+        events: &mut dyn FnMut(Event),
+    ) -> Result<(), Error> {
+        let path = format!("/1.0/instances/{}/state", segment(name)?);
+        self.operate("PUT", &path, Some(r), events).map(|_| ())
+    }
+
+    /// Delete an instance.
+    pub fn delete(&self, name: &str, r: &InstanceDelete) -> Result<(), Error> {
+        let path = format!("/1.0/instances/{}", segment(name)?);
+        self.operate("DELETE", &path, Some(r), &mut |_| {})
+            .map(|_| ())
+    }
+
+    /// Change a container's limits.
+    pub fn set(&self, name: &str, r: &InstanceSet) -> Result<(), Error> {
+        let path = format!("/1.0/instances/{}", segment(name)?);
+        self.operate("PATCH", &path, Some(r), &mut |_| {})
+            .map(|_| ())
+    }
+
+    /// Part of an instance's console log from `offset`.
+    pub fn console_log(&self, name: &str, offset: u64) -> Result<LogChunk, Error> {
+        let path = format!("/1.0/instances/{}/logs?offset={offset}", segment(name)?);
+        self.sync("GET", &path, None::<&()>)
+    }
+
+    /// An operation as it is now.
+    pub fn operation(&self, id: &str) -> Result<Operation, Error> {
+        self.sync("GET", &format!("/1.0/operations/{id}"), None::<&()>)
+    }
+}
