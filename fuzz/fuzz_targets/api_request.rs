@@ -5,6 +5,7 @@
 
 use berth_api::{
     InstanceCreate, InstanceDelete, InstanceExec, InstanceRun, InstanceSet, InstanceStateChange,
+    StreamControl,
 };
 use berth_daemon::body::parse;
 use libfuzzer_sys::fuzz_target;
@@ -24,5 +25,7 @@ fuzz_target!(|data: &[u8]| {
     let _ = parse::<InstanceStateChange>(data, None);
     let _ = parse::<InstanceSet>(data, None);
     let _ = parse::<InstanceExec>(data, None);
+    // The exec websocket's control messages (its first one is a start).
+    let _ = parse::<StreamControl>(data, None);
     let _ = parse::<InstanceDelete>(data, Some(InstanceDelete::default()));
 });

@@ -16,6 +16,7 @@ pub mod instance;
 pub mod operation;
 pub mod request;
 pub mod response;
+pub mod stream;
 
 pub use blob::Blob;
 pub use error::{Error, ErrorKind};
@@ -31,3 +32,4 @@ pub use request::{
     InstanceStateChange, Network, StateAction, VmCreate,
 };
 pub use response::{Response, ServerInfo};
+pub use stream::StreamControl;

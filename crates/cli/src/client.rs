@@ -97,7 +97,7 @@ impl Client for Executor {
     }
 }
 
-/// What a daemon cannot do yet for a client (the streams of `exec`, `run` and `console`).
+/// What a daemon cannot do yet for a client (the streams of `run` and `console`).
 fn not_over_a_daemon(what: &str) -> Error {
     Error::invalid(
         "remote",
@@ -132,8 +132,14 @@ impl Client for berth_client::Remote {
     fn set(&self, name: &str, r: &InstanceSet) -> Result<(), Error> {
         berth_client::Remote::set(self, name, r)
     }
-    fn exec(&self, _name: &str, _r: &InstanceExec) -> Result<ExecExit, Error> {
-        Err(not_over_a_daemon("exec (and shell, ssh)"))
+    fn exec(&self, name: &str, r: &InstanceExec) -> Result<ExecExit, Error> {
+        let (mut out, mut err) = (std::io::stdout(), std::io::stderr());
+        let streams = berth_client::Streams {
+            input: Box::new(std::io::stdin()),
+            output: &mut out,
+            error: &mut err,
+        };
+        berth_client::Remote::exec(self, name, r, streams)
     }
     fn run(&self, _r: &InstanceRun) -> Result<ExecExit, Error> {
         Err(not_over_a_daemon("run"))

@@ -161,7 +161,7 @@ fn main() -> ExitCode {
         Command::MachineId(cmd) => machine_id::run(cmd),
         Command::Remote(cmd) => remote::run(cmd),
         Command::DaemonWorker => output::dirs().and_then(|d| {
-            berth_daemon::worker::run(&d, &mut std::io::stdin(), &mut std::io::stdout())?;
+            berth_daemon::worker::main(&d)?;
             Ok(Status(0))
         }),
         Command::Daemon => output::dirs().and_then(|d| {

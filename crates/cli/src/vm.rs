@@ -351,7 +351,10 @@ fn progress_line(e: Event) {
 pub fn launch(mut a: LaunchArgs) -> Result<Status> {
     // The guest is made whether or not anyone still reads what berth says about it.
     berth_container::direct::ignore_sigpipe();
+    let shown = a.name.clone();
     let (client, name) = client::target(&a.name)?;
+    // On another host the guest's forwards are on that host's loopback: only berth reaches it.
+    let remote = name != shown;
     a.name = name;
     let r = a.request()?;
     let started = std::time::Instant::now();
@@ -370,13 +373,17 @@ pub fn launch(mut a: LaunchArgs) -> Result<Status> {
             } else {
                 crate::output::tell!("{} is starting ({} guest, {}).", i.name, vm.kind, vm.accel);
             }
-            crate::output::tell!(
-                "Connect with: berth ssh {}   (or: ssh -i {} -p {} {}@127.0.0.1)",
-                i.name,
-                vm.ssh.key,
-                vm.ssh.port,
-                vm.ssh.user
-            );
+            if remote {
+                crate::output::tell!("Connect with: berth ssh {shown}");
+            } else {
+                crate::output::tell!(
+                    "Connect with: berth ssh {}   (or: ssh -i {} -p {} {}@127.0.0.1)",
+                    i.name,
+                    vm.ssh.key,
+                    vm.ssh.port,
+                    vm.ssh.user
+                );
+            }
         }
         _ => {
             if waited {
@@ -384,7 +391,7 @@ pub fn launch(mut a: LaunchArgs) -> Result<Status> {
             } else {
                 crate::output::tell!("{} is starting (system container).", i.name);
             }
-            crate::output::tell!("Get a shell with: berth shell {}", i.name);
+            crate::output::tell!("Get a shell with: berth shell {shown}");
         }
     }
     Ok(Status(0))

@@ -163,6 +163,54 @@ fn the_cli_manages_a_container_through_a_remote() {
     let info: Value = serde_json::from_str(&c.run_ok(&["info", "--json", &target])).unwrap();
     assert_eq!(info["state"]["state"], "running", "{info}");
 
+    // exec through the daemon: standard input piped through, output and error apart, the
+    // exit status passed back; a command that does not exist is 127, as in-process.
+    let input: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    let out = c.run_input(&["exec", &target, "--", "sha256sum"], &input);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let local = std::process::Command::new("sha256sum")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut ch| {
+            use std::io::Write;
+            ch.stdin.take().unwrap().write_all(&input)?;
+            ch.wait_with_output()
+        })
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .next(),
+        String::from_utf8_lossy(&local.stdout)
+            .split_whitespace()
+            .next()
+    );
+    let out = c.run_input(
+        &[
+            "exec",
+            &target,
+            "--",
+            "sh",
+            "-c",
+            "echo out; echo err >&2; exit 7",
+        ],
+        b"",
+    );
+    assert_eq!(out.status.code(), Some(7));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "out\n");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("err"));
+    let out = c.run_input(&["exec", &target, "--", "no-such-command"], b"");
+    assert_eq!(out.status.code(), Some(127));
+    assert_eq!(
+        c.run_ok(&["exec", &target, "--", "hostname"]).trim(),
+        name.as_str()
+    );
+
     c.run_ok(&["set", &target, "memory=300M"]);
     let info: Value = serde_json::from_str(&c.run_ok(&["info", "--json", &target])).unwrap();
     assert_eq!(info["limits"]["memory"], "300M", "{info}");

@@ -5,6 +5,7 @@
 //!
 //! Transport: HTTP/1.1 over the daemon's unix socket (`unix:///var/lib/berth/berth.sock`).
 
+mod exec;
 mod transport;
 
 use berth_api::{
@@ -16,6 +17,7 @@ use serde::Serialize;
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use exec::Streams;
 pub use transport::Endpoint;
 
 /// How long one `/wait` call waits before the client looks for new progress.
@@ -198,6 +200,18 @@ impl Remote {
     pub fn console_log(&self, name: &str, offset: u64) -> Result<LogChunk, Error> {
         let path = format!("/1.0/instances/{}/logs?offset={offset}", segment(name)?);
         self.sync("GET", &path, None::<&()>)
+    }
+
+    /// Run a command in an instance with `streams` as its standard streams; its exit.
+    pub fn exec(
+        &self,
+        name: &str,
+        r: &berth_api::InstanceExec,
+        streams: Streams<'_>,
+    ) -> Result<berth_api::ExecExit, Error> {
+        let name = segment(name)?;
+        self.rt
+            .block_on(exec::exec(&self.endpoint, name, r, streams))
     }
 
     /// An operation as it is now.

@@ -40,6 +40,14 @@ impl Endpoint {
     }
 }
 
+/// A connection to the daemon.
+pub async fn connect(endpoint: &Endpoint) -> Result<tokio::net::UnixStream, Error> {
+    let Endpoint::Unix(sock) = endpoint;
+    tokio::net::UnixStream::connect(sock)
+        .await
+        .map_err(|e| Error::internal(format!("{endpoint} cannot be reached: {e}")))
+}
+
 /// `METHOD path` with `body` to `endpoint`: the HTTP status and the answer's bytes.
 pub async fn send(
     endpoint: &Endpoint,
@@ -49,10 +57,7 @@ pub async fn send(
 ) -> Result<(u16, Bytes), Error> {
     let unreachable =
         |e: &dyn std::fmt::Display| Error::internal(format!("{endpoint} cannot be reached: {e}"));
-    let Endpoint::Unix(sock) = endpoint;
-    let stream = tokio::net::UnixStream::connect(sock)
-        .await
-        .map_err(|e| unreachable(&e))?;
+    let stream = connect(endpoint).await?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|e| unreachable(&e))?;

@@ -10,6 +10,7 @@
 //! apart.
 
 pub mod body;
+mod exec;
 pub mod ops;
 mod routes;
 pub mod worker;

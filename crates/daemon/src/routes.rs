@@ -6,6 +6,7 @@
 //!   no body).
 //! - `PUT /1.0/instances/NAME/state` (an `InstanceStateChange`).
 //! - `GET /1.0/instances/NAME/logs?offset=N&max=N`: part of its console log (a `LogChunk`).
+//! - `GET /1.0/instances/NAME/exec`, a websocket: a command's streams and exit ([`crate::exec`]).
 //! - `GET /1.0/operations`, `GET /1.0/operations/ID`, `DELETE` (cancel),
 //!   `GET /1.0/operations/ID/wait?timeout=SECONDS`.
 //!
@@ -20,6 +21,8 @@ use crate::ops::Operations;
 use crate::worker::{self, Job};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response as HttpResponse};
@@ -38,8 +41,8 @@ use std::path::PathBuf;
 /// ([`crate::worker`]).
 #[derive(Debug, Clone)]
 pub struct Host {
-    dirs: Dirs,
-    worker: PathBuf,
+    pub(crate) dirs: Dirs,
+    pub(crate) worker: PathBuf,
     ops: Operations,
 }
 
@@ -52,6 +55,7 @@ pub fn router(dirs: Dirs, worker: PathBuf) -> Router {
         .route("/1.0/instances/{name}", get(info).patch(set).delete(delete))
         .route("/1.0/instances/{name}/state", put(change_state))
         .route("/1.0/instances/{name}/logs", get(logs))
+        .route("/1.0/instances/{name}/exec", get(exec))
         .route("/1.0/operations", get(operations))
         .route("/1.0/operations/{id}", get(operation).delete(cancel))
         .route("/1.0/operations/{id}/wait", get(wait))
@@ -95,9 +99,10 @@ impl Job {
     fn instance(&self) -> &str {
         match self {
             Job::Create { create } => &create.name,
-            Job::ChangeState { name, .. } | Job::Delete { name, .. } | Job::Set { name, .. } => {
-                name
-            }
+            Job::ChangeState { name, .. }
+            | Job::Delete { name, .. }
+            | Job::Set { name, .. }
+            | Job::Exec { name, .. } => name,
         }
     }
 
@@ -109,6 +114,7 @@ impl Job {
             Job::ChangeState { change, .. } => format!("{} instance {n}", change.action),
             Job::Delete { .. } => format!("deleting instance {n}"),
             Job::Set { .. } => format!("changing the limits of instance {n}"),
+            Job::Exec { .. } => format!("running a command in instance {n}"),
         }
     }
 }
@@ -220,6 +226,31 @@ async fn logs(
             perform(host.dirs, move |ex| ex.console_log(&n, offset, max)).await
         }
         Err(e) => answer::<()>(Err(e)),
+    }
+}
+
+async fn exec(
+    State(host): State<Host>,
+    Path(raw): Path<String>,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> HttpResponse {
+    let n = match name(&raw) {
+        Ok(n) => n,
+        Err(e) => return answer::<()>(Err(e)),
+    };
+    let (dirs, checked) = (host.dirs.clone(), n.clone());
+    let found = tokio::task::spawn_blocking(move || Executor::open(&dirs)?.type_of(&checked))
+        .await
+        .unwrap_or_else(|e| Err(Error::internal(format!("checking the request failed: {e}"))));
+    if let Err(e) = found {
+        return answer::<()>(Err(e));
+    }
+    match ws {
+        Ok(ws) => ws.on_upgrade(move |socket| crate::exec::serve(host, n, socket)),
+        Err(e) => answer::<()>(Err(Error::invalid(
+            "upgrade",
+            format!("exec is a websocket (GET with Upgrade: websocket): {e}"),
+        ))),
     }
 }
 

@@ -7,7 +7,8 @@
 //! executor leaves it (with its lock, its row, and what `list` shows).
 
 use berth_api::{
-    Error, Event, InstanceCreate, InstanceDelete, InstanceSet, InstanceStateChange, Response,
+    Error, Event, InstanceCreate, InstanceDelete, InstanceExec, InstanceSet, InstanceStateChange,
+    Response,
 };
 use berth_host::dirs::Dirs;
 use berth_host::executor::Executor;
@@ -47,7 +48,21 @@ pub enum Job {
         /// The request.
         set: InstanceSet,
     },
+    /// Run a command in an instance on the worker's standard streams (an exec job comes in
+    /// [`JOB_ENV`] and answers in the file [`ANSWER_ENV`] names, as its streams are the
+    /// command's).
+    Exec {
+        /// The instance.
+        name: String,
+        /// The request.
+        exec: InstanceExec,
+    },
 }
+
+/// The environment variable an exec job comes in.
+pub const JOB_ENV: &str = "BERTH_WORKER_JOB";
+/// The environment variable naming the file an exec job's answer goes to.
+pub const ANSWER_ENV: &str = "BERTH_WORKER_ANSWER";
 
 /// One line a worker writes.
 #[derive(Debug, Serialize, Deserialize)]
@@ -69,6 +84,43 @@ fn perform_here(ex: &Executor, job: &Job, events: &mut dyn FnMut(Event)) -> Resu
         Job::ChangeState { name, change } => value(ex.change_state(name, change, events)),
         Job::Delete { name, delete } => value(ex.delete(name, delete)),
         Job::Set { name, set } => value(ex.set(name, set)),
+        Job::Exec { name, exec } => value(ex.exec(name, exec)),
+    }
+}
+
+/// `berth daemon-worker`: the job in [`JOB_ENV`] (an exec: its streams are this process's,
+/// its answer goes to the file in [`ANSWER_ENV`]), else the job on standard input, answered on
+/// standard output.
+pub fn main(dirs: &Dirs) -> std::io::Result<()> {
+    let (Some(job), Some(answer)) = (std::env::var_os(JOB_ENV), std::env::var_os(ANSWER_ENV))
+    else {
+        return run(dirs, &mut std::io::stdin(), &mut std::io::stdout());
+    };
+    let mut out = Vec::new();
+    run(dirs, &mut job.as_encoded_bytes(), &mut out)?;
+    // Only the last line (the answer): an exec reports no progress.
+    let last = out
+        .split(|b| *b == b'\n')
+        .rfind(|l| !l.is_empty())
+        .unwrap_or(&[]);
+    std::fs::write(answer, last)
+}
+
+/// The answer an exec worker left in `path`.
+pub fn exec_answer(path: &Path) -> Result<berth_api::ExecExit, Error> {
+    let text = std::fs::read(path).map_err(|e| {
+        Error::internal(format!(
+            "the exec's worker left no answer in {}: {e}",
+            path.display()
+        ))
+    })?;
+    match serde_json::from_slice::<Line>(&text) {
+        Ok(Line::Answer(a)) => serde_json::from_value(a.into_result()?)
+            .map_err(|e| Error::internal(format!("the exec's worker answered oddly: {e}"))),
+        _ => Err(Error::internal(format!(
+            "the exec's worker left an unreadable answer in {}",
+            path.display()
+        ))),
     }
 }
 

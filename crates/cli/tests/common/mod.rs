@@ -253,6 +253,28 @@ impl Client {
             .expect("berth runs")
     }
 
+    /// Run `berth ARGS` as this client with `input` on its standard input.
+    pub fn run_input(&self, args: &[&str], input: &[u8]) -> Output {
+        use std::io::Write;
+        let mut child = Command::new(env!("CARGO_BIN_EXE_berth"))
+            .args(args)
+            .env("BERTH_DIR", self.data.path())
+            .env("BERTH_CONF", self.conf.path())
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("berth runs");
+        let mut stdin = child.stdin.take().unwrap();
+        let data = input.to_vec();
+        let feeder = std::thread::spawn(move || {
+            let _ = stdin.write_all(&data);
+        });
+        let out = child.wait_with_output().expect("berth ends");
+        feeder.join().unwrap();
+        out
+    }
+
     /// Run `berth ARGS` as this client and return its stdout; panics on failure.
     pub fn run_ok(&self, args: &[&str]) -> String {
         let out = self.run(args);

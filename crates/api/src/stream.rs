@@ -1,0 +1,76 @@
+//! The exec websocket (`/1.0/instances/NAME/exec`), framed as Kubernetes' channel protocol:
+//! binary frames carry data, their first byte naming the stream ([`STDIN`], [`STDOUT`],
+//! [`STDERR`]); text frames carry [`StreamControl`] messages as JSON. The client's first message
+//! is [`StreamControl::Start`]; the server's last is [`StreamControl::Exit`] or
+//! [`StreamControl::Error`].
+
+use crate::error::Error;
+use crate::exec::{ExecExit, InstanceExec};
+use serde::{Deserialize, Serialize};
+
+/// The command's standard input (client to server).
+pub const STDIN: u8 = 0;
+/// Its standard output (server to client).
+pub const STDOUT: u8 = 1;
+/// Its standard error (server to client).
+pub const STDERR: u8 = 2;
+
+/// A control message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum StreamControl {
+    /// Run this command (the client's first message).
+    Start {
+        /// The command.
+        exec: InstanceExec,
+    },
+    /// The client's standard input has ended.
+    Eof,
+    /// Send the command this signal (a number, as `kill -N`).
+    Signal {
+        /// The signal.
+        signal: i32,
+    },
+    /// The command ended (the server's last message).
+    Exit {
+        /// How.
+        exit: ExecExit,
+    },
+    /// The command could not be run (the server's last message).
+    Error {
+        /// Why.
+        error: Error,
+    },
+}
+
+/// A data frame: the stream's byte, then the bytes.
+pub fn frame(stream: u8, data: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(data.len() + 1);
+    v.push(stream);
+    v.extend_from_slice(data);
+    v
+}
+
+/// A data frame's stream and bytes (none for an empty frame).
+pub fn unframe(frame: &[u8]) -> Option<(u8, &[u8])> {
+    frame.split_first().map(|(s, d)| (*s, d))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_and_control_messages_read_back() {
+        let f = frame(STDOUT, b"hi");
+        assert_eq!(unframe(&f), Some((STDOUT, &b"hi"[..])));
+        assert_eq!(unframe(&[]), None);
+        let m = StreamControl::Signal { signal: 2 };
+        let t = serde_json::to_string(&m).unwrap();
+        assert_eq!(t, r#"{"type":"signal","signal":2}"#);
+        assert_eq!(serde_json::from_str::<StreamControl>(&t).unwrap(), m);
+        assert!(
+            serde_json::from_str::<StreamControl>(r#"{"type":"signal","signal":2,"x":1}"#).is_err()
+        );
+    }
+}

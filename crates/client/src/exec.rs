@@ -1,0 +1,146 @@
+//! `exec` through a daemon: the websocket of [`berth_api::stream`], with this process's input
+//! sent as the command's standard input, its output and error written here, SIGINT, SIGTERM and
+//! SIGHUP passed on to the command, and its exit status returned.
+
+use crate::transport::Endpoint;
+use berth_api::stream::{frame, unframe, STDERR, STDIN, STDOUT};
+use berth_api::{Error, ExecExit, InstanceExec, StreamControl};
+use futures_util::{SinkExt, StreamExt};
+use std::io::{Read, Write};
+use tokio_tungstenite::tungstenite::Message;
+
+/// Where the command's streams go on this side.
+pub struct Streams<'a> {
+    /// What it reads (read on a thread of its own, to its end).
+    pub input: Box<dyn Read + Send>,
+    /// Where its output goes.
+    pub output: &'a mut dyn Write,
+    /// Where its errors go.
+    pub error: &'a mut dyn Write,
+}
+
+impl std::fmt::Debug for Streams<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Streams")
+    }
+}
+
+/// An answer that was not an upgrade: the API's error in it, if it has one.
+fn refused(endpoint: &Endpoint, e: tokio_tungstenite::tungstenite::Error) -> Error {
+    use tokio_tungstenite::tungstenite::Error as W;
+    if let W::Http(res) = &e {
+        if let Some(body) = res.body() {
+            if let Ok(r) = serde_json::from_slice::<berth_api::Response<serde_json::Value>>(body) {
+                if let Err(e) = r.into_result() {
+                    return e;
+                }
+            }
+        }
+    }
+    Error::internal(format!("{endpoint} refused the exec's websocket: {e}"))
+}
+
+/// Run `r` in `name` on the daemon at `endpoint`.
+pub async fn exec(
+    endpoint: &Endpoint,
+    name: &str,
+    r: &InstanceExec,
+    streams: Streams<'_>,
+) -> Result<ExecExit, Error> {
+    let lost = |e: &dyn std::fmt::Display| {
+        Error::internal(format!("the exec's connection to {endpoint} failed: {e}"))
+    };
+    let stream = crate::transport::connect(endpoint).await?;
+    let url = format!("ws://berth/1.0/instances/{name}/exec");
+    let (mut ws, _) = tokio_tungstenite::client_async(url, stream)
+        .await
+        .map_err(|e| refused(endpoint, e))?;
+    let start =
+        serde_json::to_string(&StreamControl::Start { exec: r.clone() }).map_err(|e| lost(&e))?;
+    ws.send(Message::Text(start.into()))
+        .await
+        .map_err(|e| lost(&e))?;
+
+    // Standard input on a thread of its own (a blocking read), as chunks; None at its end.
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Option<Vec<u8>>>(8);
+    let mut input = streams.input;
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; 32 << 10];
+        loop {
+            match input.read(&mut buf) {
+                Ok(0) | Err(_) => {
+                    let _ = tx.blocking_send(None);
+                    return;
+                }
+                Ok(n) => {
+                    if tx.blocking_send(Some(buf[..n].to_vec())).is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    });
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut sigs = [
+        SignalKind::interrupt(),
+        SignalKind::terminate(),
+        SignalKind::hangup(),
+    ]
+    .map(|k| signal(k).map_err(|e| lost(&e)));
+    let [Ok(int), Ok(term), Ok(hup)] = &mut sigs else {
+        return Err(Error::internal(
+            "cannot watch for signals to pass on to the exec",
+        ));
+    };
+    let (output, error) = (streams.output, streams.error);
+    let mut input_open = true;
+    loop {
+        tokio::select! {
+            chunk = rx.recv(), if input_open => {
+                let m = match chunk.flatten() {
+                    Some(data) => Message::Binary(frame(STDIN, &data).into()),
+                    None => {
+                        input_open = false;
+                        let eof = serde_json::to_string(&StreamControl::Eof).map_err(|e| lost(&e))?;
+                        Message::Text(eof.into())
+                    }
+                };
+                // A command that has ended reads no more; its exit is still to come.
+                let _ = ws.send(m).await;
+            }
+            _ = int.recv() => send_signal(&mut ws, 2).await,
+            _ = term.recv() => send_signal(&mut ws, 15).await,
+            _ = hup.recv() => send_signal(&mut ws, 1).await,
+            m = ws.next() => match m {
+                Some(Ok(Message::Binary(b))) => {
+                    let (sink, data): (&mut dyn Write, &[u8]) = match unframe(&b) {
+                        Some((STDOUT, d)) => (&mut *output, d),
+                        Some((STDERR, d)) => (&mut *error, d),
+                        _ => continue,
+                    };
+                    // A reader that went away on this side ends nothing there.
+                    let _ = sink.write_all(data).and_then(|_| sink.flush());
+                }
+                Some(Ok(Message::Text(t))) => match serde_json::from_str::<StreamControl>(&t) {
+                    Ok(StreamControl::Exit { exit }) => return Ok(exit),
+                    Ok(StreamControl::Error { error }) => return Err(error),
+                    other => tracing::debug!("exec: ignored message {other:?}"),
+                },
+                Some(Ok(Message::Close(_))) | None => {
+                    return Err(lost(&"it closed before the command's exit status came"))
+                }
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return Err(lost(&e)),
+            }
+        }
+    }
+}
+
+async fn send_signal<S>(ws: &mut S, signal: i32)
+where
+    S: SinkExt<Message> + Unpin,
+{
+    if let Ok(t) = serde_json::to_string(&StreamControl::Signal { signal }) {
+        let _ = ws.send(Message::Text(t.into())).await;
+    }
+}
