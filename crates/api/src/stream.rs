@@ -1,11 +1,12 @@
-//! The exec websocket (`/1.0/instances/NAME/exec`), framed as Kubernetes' channel protocol:
+//! The exec, run and console websockets (`/1.0/instances/NAME/exec`, `/1.0/run`,
+//! `/1.0/instances/NAME/console`; the console's carries data only), framed as Kubernetes' channel protocol:
 //! binary frames carry data, their first byte naming the stream ([`STDIN`], [`STDOUT`],
 //! [`STDERR`]); text frames carry [`StreamControl`] messages as JSON. The client's first message
-//! is [`StreamControl::Start`]; the server's last is [`StreamControl::Exit`] or
+//! is [`StreamControl::Start`] (or [`StreamControl::Run`] on `/1.0/run`); the server's last is [`StreamControl::Exit`] or
 //! [`StreamControl::Error`].
 
 use crate::error::Error;
-use crate::exec::{ExecExit, InstanceExec};
+use crate::exec::{ExecExit, InstanceExec, InstanceRun};
 use serde::{Deserialize, Serialize};
 
 /// The command's standard input (client to server).
@@ -23,6 +24,11 @@ pub enum StreamControl {
     Start {
         /// The command.
         exec: InstanceExec,
+    },
+    /// Run this command in a new application container (the first message on `/1.0/run`).
+    Run {
+        /// The command and its container.
+        run: InstanceRun,
     },
     /// The client's standard input has ended.
     Eof,

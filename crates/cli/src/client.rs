@@ -9,6 +9,7 @@ use berth_api::{
 };
 use berth_host::executor::Executor;
 use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
 
 /// Instance requests, answered by an executor in this process or on another host.
 pub trait Client {
@@ -86,23 +87,31 @@ impl Client for Executor {
         Executor::console_log(self, name, offset, berth_host::executor::LOG_CHUNK_MAX)
     }
     fn console(&self, name: &str) -> Result<Console, Error> {
-        let s = Executor::console(self, name)?;
-        let output = s
-            .try_clone()
-            .map_err(|e| Error::internal(format!("the console of {name}: {e}")))?;
-        Ok(Console {
-            output: Box::new(output),
-            input: Box::new(s),
-        })
+        console_of(name, Executor::console(self, name)?)
     }
 }
 
-/// What a daemon cannot do yet for a client (the streams of `run` and `console`).
-fn not_over_a_daemon(what: &str) -> Error {
-    Error::invalid(
-        "remote",
-        format!("{what} runs only in-process (remote local) for now, not through a daemon"),
-    )
+/// This process's standard streams, for a command run through a daemon.
+fn run_here(
+    f: impl FnOnce(berth_client::Streams<'_>) -> Result<ExecExit, Error>,
+) -> Result<ExecExit, Error> {
+    let (mut out, mut err) = (std::io::stdout(), std::io::stderr());
+    f(berth_client::Streams {
+        input: Box::new(std::io::stdin()),
+        output: &mut out,
+        error: &mut err,
+    })
+}
+
+/// Both ends of a console as [`Console`] has them.
+fn console_of(name: &str, s: UnixStream) -> Result<Console, Error> {
+    let output = s
+        .try_clone()
+        .map_err(|e| Error::internal(format!("the console of {name}: {e}")))?;
+    Ok(Console {
+        output: Box::new(output),
+        input: Box::new(s),
+    })
 }
 
 impl Client for berth_client::Remote {
@@ -133,22 +142,16 @@ impl Client for berth_client::Remote {
         berth_client::Remote::set(self, name, r)
     }
     fn exec(&self, name: &str, r: &InstanceExec) -> Result<ExecExit, Error> {
-        let (mut out, mut err) = (std::io::stdout(), std::io::stderr());
-        let streams = berth_client::Streams {
-            input: Box::new(std::io::stdin()),
-            output: &mut out,
-            error: &mut err,
-        };
-        berth_client::Remote::exec(self, name, r, streams)
+        run_here(|streams| berth_client::Remote::exec(self, name, r, streams))
     }
-    fn run(&self, _r: &InstanceRun) -> Result<ExecExit, Error> {
-        Err(not_over_a_daemon("run"))
+    fn run(&self, r: &InstanceRun) -> Result<ExecExit, Error> {
+        run_here(|streams| berth_client::Remote::run(self, r, streams))
     }
     fn console_log(&self, name: &str, offset: u64) -> Result<LogChunk, Error> {
         berth_client::Remote::console_log(self, name, offset)
     }
-    fn console(&self, _name: &str) -> Result<Console, Error> {
-        Err(not_over_a_daemon("console"))
+    fn console(&self, name: &str) -> Result<Console, Error> {
+        console_of(name, berth_client::Remote::console(self, name)?)
     }
 }
 

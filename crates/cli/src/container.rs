@@ -95,7 +95,7 @@ impl LimitArgs {
 // `berth run`.
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// Base image (its tree is extracted once and shared read-only).
+    /// Base image (its tree is extracted once and shared read-only); REMOTE:IMAGE runs it there.
     pub image: String,
     /// Remove the container when the command ends.
     #[arg(long)]
@@ -171,8 +171,11 @@ impl RunArgs {
 
 pub fn run(a: RunArgs) -> Result<Status> {
     berth_container::direct::ignore_sigpipe();
-    let r = a.request()?;
-    let exit = crate::client::local()?.run(&r)?;
+    // `REMOTE:IMAGE` runs it on that remote (its image), as a launch's `REMOTE:NAME` does.
+    let (client, image) = crate::client::target(&a.image)?;
+    let mut r = a.request()?;
+    r.image = image;
+    let exit = client.run(&r)?;
     Ok(crate::exit::for_command(exit, a.memory.as_deref()))
 }
 

@@ -211,6 +211,29 @@ fn the_cli_manages_a_container_through_a_remote() {
         name.as_str()
     );
 
+    // run through the daemon: a new application container there, stdin piped, its status back.
+    let out = c.run_input(
+        &[
+            "run",
+            "--rm",
+            "d1:debian-12",
+            "--",
+            "sh",
+            "-c",
+            "cat; exit 5",
+        ],
+        b"through the daemon\n",
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(5),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "through the daemon\n");
+    // The console, both ways, through the daemon.
+    common::console_answers_with(c.command(), &target);
+
     c.run_ok(&["set", &target, "memory=300M"]);
     let info: Value = serde_json::from_str(&c.run_ok(&["info", "--json", &target])).unwrap();
     assert_eq!(info["limits"]["memory"], "300M", "{info}");

@@ -4,10 +4,11 @@
 
 use crate::transport::Endpoint;
 use berth_api::stream::{frame, unframe, STDERR, STDIN, STDOUT};
-use berth_api::{Error, ExecExit, InstanceExec, StreamControl};
+use berth_api::{Error, ExecExit, StreamControl};
 use futures_util::{SinkExt, StreamExt};
 use std::io::{Read, Write};
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
 
 /// Where the command's streams go on this side.
 pub struct Streams<'a> {
@@ -40,23 +41,33 @@ fn refused(endpoint: &Endpoint, e: tokio_tungstenite::tungstenite::Error) -> Err
     Error::internal(format!("{endpoint} refused the exec's websocket: {e}"))
 }
 
-/// Run `r` in `name` on the daemon at `endpoint`.
-pub async fn exec(
+/// A websocket to `path` on the daemon at `endpoint`.
+async fn open(
     endpoint: &Endpoint,
-    name: &str,
-    r: &InstanceExec,
+    path: &str,
+) -> Result<WebSocketStream<tokio::net::UnixStream>, Error> {
+    let stream = crate::transport::connect(endpoint).await?;
+    let (ws, _) = tokio_tungstenite::client_async(format!("ws://berth{path}"), stream)
+        .await
+        .map_err(|e| refused(endpoint, e))?;
+    Ok(ws)
+}
+
+/// Run a command on the daemon at `endpoint`: `path` is the websocket (exec or run), `start`
+/// its first message.
+pub async fn command(
+    endpoint: &Endpoint,
+    path: &str,
+    start: &StreamControl,
     streams: Streams<'_>,
 ) -> Result<ExecExit, Error> {
     let lost = |e: &dyn std::fmt::Display| {
-        Error::internal(format!("the exec's connection to {endpoint} failed: {e}"))
+        Error::internal(format!(
+            "the command's connection to {endpoint} failed: {e}"
+        ))
     };
-    let stream = crate::transport::connect(endpoint).await?;
-    let url = format!("ws://berth/1.0/instances/{name}/exec");
-    let (mut ws, _) = tokio_tungstenite::client_async(url, stream)
-        .await
-        .map_err(|e| refused(endpoint, e))?;
-    let start =
-        serde_json::to_string(&StreamControl::Start { exec: r.clone() }).map_err(|e| lost(&e))?;
+    let mut ws = open(endpoint, path).await?;
+    let start = serde_json::to_string(start).map_err(|e| lost(&e))?;
     ws.send(Message::Text(start.into()))
         .await
         .map_err(|e| lost(&e))?;
@@ -143,4 +154,82 @@ where
     if let Ok(t) = serde_json::to_string(&StreamControl::Signal { signal }) {
         let _ = ws.send(Message::Text(t.into())).await;
     }
+}
+
+/// An instance's console through the daemon at `endpoint`: this end of a local socket pair
+/// whose other end a thread relays to and from the console's websocket.
+pub fn console(endpoint: &Endpoint, name: &str) -> Result<std::os::unix::net::UnixStream, Error> {
+    let failed = |e: &dyn std::fmt::Display| {
+        Error::internal(format!(
+            "the console's connection to {endpoint} failed: {e}"
+        ))
+    };
+    let (mine, theirs) = std::os::unix::net::UnixStream::pair().map_err(|e| failed(&e))?;
+    let (endpoint, path) = (endpoint.clone(), format!("/1.0/instances/{name}/console"));
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(rt) => rt,
+            Err(e) => {
+                let _ = tx.send(Err(Error::internal(format!(
+                    "a runtime for the console: {e}"
+                ))));
+                return;
+            }
+        };
+        rt.block_on(async move {
+            let ws = match open(&endpoint, &path).await {
+                Ok(ws) => {
+                    let _ = tx.send(Ok(()));
+                    ws
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                    return;
+                }
+            };
+            let _ = relay(ws, theirs).await;
+        });
+    });
+    rx.recv().map_err(|e| failed(&e))?.map(|()| mine)
+}
+
+/// Both ways between a console websocket and a local stream, until either ends.
+async fn relay(
+    mut ws: WebSocketStream<tokio::net::UnixStream>,
+    local: std::os::unix::net::UnixStream,
+) -> std::io::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    local.set_nonblocking(true)?;
+    let local = tokio::net::UnixStream::from_std(local)?;
+    let (mut rd, mut wr) = local.into_split();
+    let mut buf = vec![0u8; 16 << 10];
+    loop {
+        tokio::select! {
+            n = rd.read(&mut buf) => match n {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if ws.send(Message::Binary(frame(STDIN, &buf[..n]).into())).await.is_err() {
+                        break;
+                    }
+                }
+            },
+            m = ws.next() => match m {
+                Some(Ok(Message::Binary(b))) => {
+                    if let Some((STDOUT, data)) = unframe(&b) {
+                        if wr.write_all(data).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+                Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break,
+                Some(Ok(_)) => {}
+            },
+        }
+    }
+    let _ = ws.close(None).await;
+    Ok(())
 }

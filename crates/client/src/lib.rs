@@ -209,9 +209,30 @@ impl Remote {
         r: &berth_api::InstanceExec,
         streams: Streams<'_>,
     ) -> Result<berth_api::ExecExit, Error> {
-        let name = segment(name)?;
+        let path = format!("/1.0/instances/{}/exec", segment(name)?);
+        let start = berth_api::StreamControl::Start { exec: r.clone() };
         self.rt
-            .block_on(exec::exec(&self.endpoint, name, r, streams))
+            .block_on(exec::command(&self.endpoint, &path, &start, streams))
+    }
+
+    /// Run a command in a new application container with `streams` as its standard streams;
+    /// its exit.
+    pub fn run(
+        &self,
+        r: &berth_api::InstanceRun,
+        streams: Streams<'_>,
+    ) -> Result<berth_api::ExecExit, Error> {
+        if let Some(n) = &r.name {
+            segment(n)?;
+        }
+        let start = berth_api::StreamControl::Run { run: r.clone() };
+        self.rt
+            .block_on(exec::command(&self.endpoint, "/1.0/run", &start, streams))
+    }
+
+    /// An instance's console: a local stream relayed to it (by a thread of this client).
+    pub fn console(&self, name: &str) -> Result<std::os::unix::net::UnixStream, Error> {
+        exec::console(&self.endpoint, segment(name)?)
     }
 
     /// An operation as it is now.

@@ -1,4 +1,4 @@
-//! `exec` over a websocket ([`berth_api::stream`]): the command runs in a worker process whose
+//! `exec` and `run` over a websocket ([`berth_api::stream`]), and the console. The command runs in a worker process whose
 //! standard streams are pipes relayed to and from the socket; signals the client sends go to
 //! the worker's process group (the command with it); the exit status is the last message.
 
@@ -6,7 +6,7 @@ use crate::routes::Host;
 use crate::worker::{self, Job};
 use axum::extract::ws::{Message, WebSocket};
 use berth_api::stream::{frame, unframe, STDERR, STDIN, STDOUT};
-use berth_api::{Error, ExecExit, InstanceExec, StreamControl};
+use berth_api::{Error, ExecExit, StreamControl};
 use std::os::unix::process::ExitStatusExt;
 use std::process::Stdio;
 use std::time::Duration;
@@ -22,28 +22,79 @@ async fn send_control(ws: &mut WebSocket, m: &StreamControl) {
     }
 }
 
-/// Serve one exec websocket for the instance `name` (checked to exist before the upgrade).
-pub async fn serve(host: Host, name: String, mut ws: WebSocket) {
+/// What a command websocket serves.
+#[derive(Debug)]
+pub enum Serve {
+    /// `exec` in this instance (checked to exist before the upgrade).
+    Exec(String),
+    /// `run`: a new application container.
+    Run,
+}
+
+/// Serve one exec or run websocket.
+pub async fn serve(host: Host, what: Serve, mut ws: WebSocket) {
     let start = match ws.recv().await {
         Some(Ok(Message::Text(t))) => crate::body::parse::<StreamControl>(t.as_bytes(), None),
         _ => Err(Error::invalid(
             "start",
-            "the first message of an exec must be a start (text)",
+            "the first message must be a start or a run (text)",
         )),
     };
-    let r = match start {
-        Ok(StreamControl::Start { exec }) => run(&host, &name, exec, &mut ws).await,
-        Ok(other) => Err(Error::invalid(
+    let r = match (what, start) {
+        (Serve::Exec(name), Ok(StreamControl::Start { exec })) => {
+            run(&host, Job::Exec { name, exec }, &mut ws).await
+        }
+        (Serve::Run, Ok(StreamControl::Run { run: r })) => match r.check() {
+            Ok(()) => run(&host, Job::Run { run: r }, &mut ws).await,
+            Err(e) => Err(e),
+        },
+        (w, Ok(other)) => Err(Error::invalid(
             "start",
-            format!("the first message of an exec must be a start, not {other:?}"),
+            format!("the first message of {w:?} cannot be {other:?}"),
         )),
-        Err(e) => Err(e),
+        (_, Err(e)) => Err(e),
     };
     let last = match r {
         Ok(exit) => StreamControl::Exit { exit },
         Err(error) => StreamControl::Error { error },
     };
     send_control(&mut ws, &last).await;
+    let _ = ws.send(Message::Close(None)).await;
+}
+
+/// Relay an instance's console (a unix stream) and a websocket both ways until either ends.
+pub async fn console(console: std::os::unix::net::UnixStream, mut ws: WebSocket) {
+    let Ok(c) = console
+        .set_nonblocking(true)
+        .and_then(|_| tokio::net::UnixStream::from_std(console))
+    else {
+        return;
+    };
+    let (mut rd, mut wr) = c.into_split();
+    let mut buf = vec![0u8; 16 << 10];
+    loop {
+        tokio::select! {
+            m = ws.recv() => match m {
+                Some(Ok(Message::Binary(b))) => {
+                    if let Some((STDIN, data)) = unframe(&b) {
+                        if wr.write_all(data).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+                Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break,
+                Some(Ok(_)) => {}
+            },
+            n = rd.read(&mut buf) => match n {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if ws.send(Message::Binary(frame(STDOUT, &buf[..n]).into())).await.is_err() {
+                        break;
+                    }
+                }
+            },
+        }
+    }
     let _ = ws.send(Message::Close(None)).await;
 }
 
@@ -56,16 +107,8 @@ fn signal_group(pid: u32, signal: i32) {
     let _ = kill_process_group(pgid, sig);
 }
 
-async fn run(
-    host: &Host,
-    name: &str,
-    exec: InstanceExec,
-    ws: &mut WebSocket,
-) -> Result<ExecExit, Error> {
-    let job = Job::Exec {
-        name: name.to_string(),
-        exec,
-    };
+async fn run(host: &Host, job: Job, ws: &mut WebSocket) -> Result<ExecExit, Error> {
+    let name = job_name(&job);
     let run_dir = host.dirs.root.join("run");
     std::fs::create_dir_all(&run_dir)
         .map_err(|e| Error::internal(format!("creating {}: {e}", run_dir.display())))?;
@@ -155,6 +198,15 @@ async fn run(
     };
     let _ = std::fs::remove_file(&answer);
     r
+}
+
+/// The instance a command job is about, for logs.
+fn job_name(job: &Job) -> String {
+    match job {
+        Job::Exec { name, .. } => name.clone(),
+        Job::Run { run } => run.name.clone().unwrap_or_else(|| "a new container".into()),
+        _ => String::new(),
+    }
 }
 
 /// Read what the pipe has (None at its end, or when there is no pipe: then never ready).

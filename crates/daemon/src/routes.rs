@@ -7,6 +7,8 @@
 //! - `PUT /1.0/instances/NAME/state` (an `InstanceStateChange`).
 //! - `GET /1.0/instances/NAME/logs?offset=N&max=N`: part of its console log (a `LogChunk`).
 //! - `GET /1.0/instances/NAME/exec`, a websocket: a command's streams and exit ([`crate::exec`]).
+//! - `GET /1.0/run`, a websocket: `berth run` (a new application container's command).
+//! - `GET /1.0/instances/NAME/console`, a websocket: the console, both ways.
 //! - `GET /1.0/operations`, `GET /1.0/operations/ID`, `DELETE` (cancel),
 //!   `GET /1.0/operations/ID/wait?timeout=SECONDS`.
 //!
@@ -56,6 +58,8 @@ pub fn router(dirs: Dirs, worker: PathBuf) -> Router {
         .route("/1.0/instances/{name}/state", put(change_state))
         .route("/1.0/instances/{name}/logs", get(logs))
         .route("/1.0/instances/{name}/exec", get(exec))
+        .route("/1.0/instances/{name}/console", get(console))
+        .route("/1.0/run", get(run))
         .route("/1.0/operations", get(operations))
         .route("/1.0/operations/{id}", get(operation).delete(cancel))
         .route("/1.0/operations/{id}/wait", get(wait))
@@ -103,6 +107,7 @@ impl Job {
             | Job::Delete { name, .. }
             | Job::Set { name, .. }
             | Job::Exec { name, .. } => name,
+            Job::Run { run } => run.name.as_deref().unwrap_or("(new)"),
         }
     }
 
@@ -115,6 +120,7 @@ impl Job {
             Job::Delete { .. } => format!("deleting instance {n}"),
             Job::Set { .. } => format!("changing the limits of instance {n}"),
             Job::Exec { .. } => format!("running a command in instance {n}"),
+            Job::Run { .. } => format!("running a command in a new container {n}"),
         }
     }
 }
@@ -229,7 +235,54 @@ async fn logs(
     }
 }
 
+/// A websocket route's answer: the upgrade, or why there is none (the API's error).
+fn upgrade<F, Fut>(ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>, f: F) -> HttpResponse
+where
+    F: FnOnce(axum::extract::ws::WebSocket) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    match ws {
+        Ok(ws) => ws.on_upgrade(f),
+        Err(e) => answer::<()>(Err(Error::invalid(
+            "upgrade",
+            format!("this is a websocket (GET with Upgrade: websocket): {e}"),
+        ))),
+    }
+}
+
+/// The instance `raw` names, checked to exist.
+async fn existing(host: &Host, raw: &str) -> Result<String, Error> {
+    let n = name(raw)?;
+    let (dirs, checked) = (host.dirs.clone(), n.clone());
+    tokio::task::spawn_blocking(move || Executor::open(&dirs)?.type_of(&checked))
+        .await
+        .unwrap_or_else(|e| Err(Error::internal(format!("checking the request failed: {e}"))))?;
+    Ok(n)
+}
+
 async fn exec(
+    State(host): State<Host>,
+    Path(raw): Path<String>,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> HttpResponse {
+    match existing(&host, &raw).await {
+        Ok(n) => upgrade(ws, move |socket| {
+            crate::exec::serve(host, crate::exec::Serve::Exec(n), socket)
+        }),
+        Err(e) => answer::<()>(Err(e)),
+    }
+}
+
+async fn run(
+    State(host): State<Host>,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> HttpResponse {
+    upgrade(ws, move |socket| {
+        crate::exec::serve(host, crate::exec::Serve::Run, socket)
+    })
+}
+
+async fn console(
     State(host): State<Host>,
     Path(raw): Path<String>,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
@@ -238,19 +291,14 @@ async fn exec(
         Ok(n) => n,
         Err(e) => return answer::<()>(Err(e)),
     };
-    let (dirs, checked) = (host.dirs.clone(), n.clone());
-    let found = tokio::task::spawn_blocking(move || Executor::open(&dirs)?.type_of(&checked))
+    // Connected before the upgrade, so that a console that is not there is the API's error.
+    let dirs = host.dirs.clone();
+    let conn = tokio::task::spawn_blocking(move || Executor::open(&dirs)?.console(&n))
         .await
-        .unwrap_or_else(|e| Err(Error::internal(format!("checking the request failed: {e}"))));
-    if let Err(e) = found {
-        return answer::<()>(Err(e));
-    }
-    match ws {
-        Ok(ws) => ws.on_upgrade(move |socket| crate::exec::serve(host, n, socket)),
-        Err(e) => answer::<()>(Err(Error::invalid(
-            "upgrade",
-            format!("exec is a websocket (GET with Upgrade: websocket): {e}"),
-        ))),
+        .unwrap_or_else(|e| Err(Error::internal(format!("opening the console failed: {e}"))));
+    match conn {
+        Ok(c) => upgrade(ws, move |socket| crate::exec::console(c, socket)),
+        Err(e) => answer::<()>(Err(e)),
     }
 }
 

@@ -7,8 +7,8 @@
 //! executor leaves it (with its lock, its row, and what `list` shows).
 
 use berth_api::{
-    Error, Event, InstanceCreate, InstanceDelete, InstanceExec, InstanceSet, InstanceStateChange,
-    Response,
+    Error, Event, InstanceCreate, InstanceDelete, InstanceExec, InstanceRun, InstanceSet,
+    InstanceStateChange, Response,
 };
 use berth_host::dirs::Dirs;
 use berth_host::executor::Executor;
@@ -48,6 +48,12 @@ pub enum Job {
         /// The request.
         set: InstanceSet,
     },
+    /// Run a command in a new application container on the worker's standard streams (as
+    /// [`Job::Exec`]).
+    Run {
+        /// The request.
+        run: InstanceRun,
+    },
     /// Run a command in an instance on the worker's standard streams (an exec job comes in
     /// [`JOB_ENV`] and answers in the file [`ANSWER_ENV`] names, as its streams are the
     /// command's).
@@ -85,6 +91,7 @@ fn perform_here(ex: &Executor, job: &Job, events: &mut dyn FnMut(Event)) -> Resu
         Job::Delete { name, delete } => value(ex.delete(name, delete)),
         Job::Set { name, set } => value(ex.set(name, set)),
         Job::Exec { name, exec } => value(ex.exec(name, exec)),
+        Job::Run { run } => value(ex.run(run)),
     }
 }
 

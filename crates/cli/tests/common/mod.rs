@@ -45,14 +45,21 @@ pub fn e2e_image() {
 /// `berth console NAME` is interactive both ways: a user name typed into the guest's serial getty
 /// brings its password prompt back, and Ctrl-] detaches with status 0, leaving the guest running.
 pub fn console_answers(state_dir: &Path, name: &str) {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_berth"));
+    c.env("BERTH_DIR", state_dir);
+    console_answers_with(c, name);
+}
+
+/// [`console_answers`] with `berth` as `berth` is set up (its environment), for `name` (which may
+/// be `REMOTE:NAME`).
+pub fn console_answers_with(mut berth: Command, name: &str) {
     use std::io::{Read, Write};
-    use std::process::{Command, Stdio};
+    use std::process::Stdio;
     use std::sync::{Arc, Mutex};
     use std::time::{Duration, Instant};
 
-    let mut child = Command::new(env!("CARGO_BIN_EXE_berth"))
+    let mut child = berth
         .args(["console", name])
-        .env("BERTH_DIR", state_dir)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -251,6 +258,14 @@ impl Client {
             .env("BERTH_CONF", self.conf.path())
             .output()
             .expect("berth runs")
+    }
+
+    /// `berth` as this client, to be given its arguments.
+    pub fn command(&self) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_berth"));
+        c.env("BERTH_DIR", self.data.path())
+            .env("BERTH_CONF", self.conf.path());
+        c
     }
 
     /// Run `berth ARGS` as this client with `input` on its standard input.
