@@ -5,7 +5,7 @@
 
 use berth_api::{
     InstanceCreate, InstanceDelete, InstanceExec, InstanceRun, InstanceSet, InstanceStateChange,
-    StreamControl,
+    JoinToken, StreamControl, TrustAdd,
 };
 use berth_daemon::body::parse;
 use libfuzzer_sys::fuzz_target;
@@ -27,5 +27,12 @@ fuzz_target!(|data: &[u8]| {
     let _ = parse::<InstanceExec>(data, None);
     // The exec websocket's control messages (its first one is a start).
     let _ = parse::<StreamControl>(data, None);
+    let _ = parse::<TrustAdd>(data, None);
+    // A join token as a user pastes it.
+    if let Ok(text) = std::str::from_utf8(data) {
+        if let Err(e) = JoinToken::decode(text) {
+            assert_eq!(e.field.as_deref(), Some("token"), "{e:?}");
+        }
+    }
     let _ = parse::<InstanceDelete>(data, Some(InstanceDelete::default()));
 });

@@ -17,6 +17,7 @@ pub mod operation;
 pub mod request;
 pub mod response;
 pub mod stream;
+pub mod trust;
 
 pub use blob::Blob;
 pub use error::{Error, ErrorKind};
@@ -33,3 +34,4 @@ pub use request::{
 };
 pub use response::{Response, ServerInfo};
 pub use stream::StreamControl;
+pub use trust::{JoinToken, TrustAdd, TrustedClient};

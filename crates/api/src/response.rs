@@ -85,6 +85,16 @@ pub struct ServerInfo {
     pub server_version: String,
     /// The host's name.
     pub hostname: String,
+    /// Whether this client is trusted (`trusted`, `untrusted`; a unix-socket client is).
+    #[serde(default = "trusted")]
+    pub auth: String,
+    /// The server certificate's fingerprint, when it serves HTTPS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<String>,
+}
+
+fn trusted() -> String {
+    "trusted".into()
 }
 
 #[cfg(test)]

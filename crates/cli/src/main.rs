@@ -13,6 +13,7 @@ mod output;
 mod remote;
 mod render;
 mod seed;
+mod trust;
 mod vm;
 
 use anyhow::Result;
@@ -91,13 +92,24 @@ enum Command {
     /// Remote hosts: berth daemons this client manages (REMOTE:NAME names an instance there).
     #[command(subcommand)]
     Remote(remote::RemoteCommand),
-    /// Serve this host's instances as REST under /1.0 on DATA/berth.sock (mode 0660) until
-    /// SIGTERM or SIGINT; guests keep running when it stops.
-    Daemon,
+    /// Clients this host's daemon trusts over HTTPS: list, remove.
+    #[command(subcommand)]
+    Trust(trust::TrustCommand),
+    /// Serve this host's instances as REST under /1.0 on DATA/berth.sock (mode 0660), and over
+    /// HTTPS with --listen, until SIGTERM or SIGINT; guests keep running when it stops.
+    Daemon(DaemonArgs),
     /// Internal: perform one of the daemon's changing requests, single-threaded (see
     /// `berth_daemon::worker`).
     #[command(hide = true, name = "daemon-worker")]
     DaemonWorker,
+}
+
+// `berth daemon`.
+#[derive(Debug, clap::Args)]
+pub struct DaemonArgs {
+    /// Also serve HTTPS (TLS 1.3, trusted clients only) on ADDR:PORT.
+    #[arg(long)]
+    pub listen: Option<String>,
 }
 
 /// Exit status of a command that succeeded but has something to say (check, compare).
@@ -160,12 +172,13 @@ fn main() -> ExitCode {
         Command::Seed(cmd) => seed::run(cmd),
         Command::MachineId(cmd) => machine_id::run(cmd),
         Command::Remote(cmd) => remote::run(cmd),
+        Command::Trust(cmd) => trust::run(cmd),
         Command::DaemonWorker => output::dirs().and_then(|d| {
             berth_daemon::worker::main(&d)?;
             Ok(Status(0))
         }),
-        Command::Daemon => output::dirs().and_then(|d| {
-            berth_daemon::serve(&d)?;
+        Command::Daemon(a) => output::dirs().and_then(|d| {
+            berth_daemon::serve(&d, a.listen.as_deref())?;
             Ok(Status(0))
         }),
     };
@@ -230,6 +243,10 @@ mod tests {
             (
                 vec!["remote"],
                 crate::remote::RemoteCommand::augment_subcommands(clap::Command::new("remote")),
+            ),
+            (
+                vec!["trust"],
+                crate::trust::TrustCommand::augment_subcommands(clap::Command::new("trust")),
             ),
             (
                 vec!["machine-id"],

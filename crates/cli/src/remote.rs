@@ -22,8 +22,29 @@ const CONFIG_MAX: u64 = 1 << 20;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RemoteEntry {
-    /// Where its daemon listens (`unix:///var/lib/berth/berth.sock`).
+    /// Where its daemon listens (`unix:///var/lib/berth/berth.sock`, `https://HOST:PORT`).
     pub address: String,
+    /// For HTTPS, the server certificate's pinned SHA-256 fingerprint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<String>,
+}
+
+impl RemoteEntry {
+    /// Where its daemon is reached (`conf`: the client's config folder, its identity's home).
+    pub fn endpoint(&self, conf: &Path) -> Result<Endpoint> {
+        match (self.address.strip_prefix("https://"), &self.fingerprint) {
+            (Some(address), Some(fp)) => Ok(Endpoint::Https {
+                address: address.to_string(),
+                fingerprint: fp.clone(),
+                identity: conf.to_path_buf(),
+            }),
+            (Some(_), None) => bail!(
+                "remote at {} has no pinned fingerprint: remove it and add it with a token",
+                self.address
+            ),
+            (None, _) => Ok(Endpoint::parse(&self.address)?),
+        }
+    }
 }
 
 /// The client's remotes.
@@ -62,7 +83,7 @@ impl Remotes {
             return Ok(Target::Local);
         }
         match self.remotes.get(name) {
-            Some(r) => Ok(Target::Daemon(name.to_string(), Endpoint::parse(&r.address)?)),
+            Some(r) => Ok(Target::Daemon(name.to_string(), r.endpoint(&conf_dir()?)?)),
             None => bail!(
                 "no remote named {name:?} (see `berth remote list`; add one with `berth remote add`)"
             ),
@@ -129,8 +150,11 @@ fn save(r: &Remotes) -> Result<()> {
 
 #[derive(Debug, Subcommand)]
 pub enum RemoteCommand {
-    /// Add a remote: a berth daemon reached at ADDRESS (unix:///PATH/berth.sock).
+    /// Add a remote: a berth daemon reached with a join token (from `berth remote token` on
+    /// it), or at unix:///PATH/berth.sock.
     Add(AddArgs),
+    /// Make a join token for a client to be called CLIENT (run on the server).
+    Token(TokenArgs),
     /// List the remotes (the default one is marked).
     List(ListArgs),
     /// Remove a remote.
@@ -146,8 +170,21 @@ pub enum RemoteCommand {
 pub struct AddArgs {
     /// The remote's name.
     pub name: String,
-    /// Where its daemon listens.
-    pub address: String,
+    /// A join token, or the daemon's unix:///PATH/berth.sock.
+    pub target: String,
+}
+
+#[derive(Debug, Args)]
+pub struct TokenArgs {
+    /// The client's name.
+    pub client: String,
+    /// An address to put in the token (HOST:PORT; default: where `berth daemon --listen` last
+    /// listened).
+    #[arg(long = "address")]
+    pub addresses: Vec<String>,
+    /// Seconds the token is good for.
+    #[arg(long, default_value_t = berth_daemon::trust::TOKEN_LIFETIME)]
+    pub expires: u64,
 }
 
 #[derive(Debug, Args)]
@@ -161,6 +198,33 @@ pub struct ListArgs {
 pub struct NameArgs {
     /// The remote's name.
     pub name: String,
+}
+
+/// Join the daemon a token names, at the first of its addresses that answers: the remote to
+/// keep (its address and pinned fingerprint).
+fn join(token: &str) -> Result<RemoteEntry> {
+    let t = berth_api::JoinToken::decode(token)?;
+    let conf = conf_dir()?;
+    let mut failures = Vec::new();
+    for address in &t.addresses {
+        let endpoint = Endpoint::Https {
+            address: address.clone(),
+            fingerprint: t.fingerprint.clone(),
+            identity: conf.clone(),
+        };
+        match berth_client::Remote::new(endpoint)?.join(&t.secret) {
+            Ok(_) => {
+                return Ok(RemoteEntry {
+                    address: format!("https://{address}"),
+                    fingerprint: Some(t.fingerprint.clone()),
+                })
+            }
+            // The server answered and refused: another address would refuse too.
+            Err(e) if e.kind != berth_api::ErrorKind::Internal => return Err(e.into()),
+            Err(e) => failures.push(e.to_string()),
+        }
+    }
+    bail!("no address in the token answered: {}", failures.join("; "))
 }
 
 /// A remote's name: as an instance name is, so that `REMOTE:NAME` parses one way.
@@ -185,20 +249,29 @@ pub fn run(cmd: RemoteCommand) -> Result<Status> {
             if r.remotes.contains_key(&a.name) {
                 bail!("a remote named {:?} exists (remove it first)", a.name);
             }
-            let endpoint = Endpoint::parse(&a.address)?;
-            // A remote is added only once it answers, so a typo is found now.
-            let server = berth_client::Remote::new(endpoint.clone())?
+            let entry = if a.target.starts_with("unix://") || a.target.starts_with('/') {
+                RemoteEntry {
+                    address: a.target.clone(),
+                    fingerprint: None,
+                }
+            } else {
+                join(&a.target).with_context(|| format!("adding remote {}", a.name))?
+            };
+            // A remote is added only once it answers (and trusts this client).
+            let server = berth_client::Remote::new(entry.endpoint(&conf_dir()?)?)?
                 .server()
                 .with_context(|| format!("adding remote {}", a.name))?;
-            r.remotes.insert(
-                a.name.clone(),
-                RemoteEntry {
-                    address: a.address.clone(),
-                },
-            );
+            if server.auth != "trusted" {
+                bail!(
+                    "adding remote {}: the server does not trust this client",
+                    a.name
+                );
+            }
+            let address = entry.address.clone();
+            r.remotes.insert(a.name.clone(), entry);
             save(&r)?;
             println!(
-                "Added remote {} (berth {} on {}).",
+                "Added remote {} at {address} (berth {} on {}).",
                 a.name, server.server_version, server.hostname
             );
         }
@@ -243,6 +316,16 @@ pub fn run(cmd: RemoteCommand) -> Result<Status> {
             println!("The default remote is now {}.", a.name);
         }
         RemoteCommand::GetDefault => println!("{}", r.default),
+        RemoteCommand::Token(a) => {
+            let dirs = crate::output::dirs()?;
+            let t = berth_daemon::trust::make_token(&dirs, &a.client, a.addresses, a.expires)?;
+            println!("{}", t.encode());
+            crate::output::say!(
+                "A token for {} ({} s, once): berth remote add NAME TOKEN on that client.",
+                a.client,
+                a.expires
+            );
+        }
     }
     Ok(Status(0))
 }
@@ -258,6 +341,7 @@ mod tests {
             "host2".into(),
             RemoteEntry {
                 address: "unix:///run/b/berth.sock".into(),
+                fingerprint: None,
             },
         );
         assert_eq!(r.split("web").unwrap(), (Target::Local, "web"));

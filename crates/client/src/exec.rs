@@ -45,7 +45,7 @@ fn refused(endpoint: &Endpoint, e: tokio_tungstenite::tungstenite::Error) -> Err
 async fn open(
     endpoint: &Endpoint,
     path: &str,
-) -> Result<WebSocketStream<tokio::net::UnixStream>, Error> {
+) -> Result<WebSocketStream<Box<dyn crate::transport::Io>>, Error> {
     let stream = crate::transport::connect(endpoint).await?;
     let (ws, _) = tokio_tungstenite::client_async(format!("ws://berth{path}"), stream)
         .await
@@ -199,7 +199,7 @@ pub fn console(endpoint: &Endpoint, name: &str) -> Result<std::os::unix::net::Un
 
 /// Both ways between a console websocket and a local stream, until either ends.
 async fn relay(
-    mut ws: WebSocketStream<tokio::net::UnixStream>,
+    mut ws: WebSocketStream<Box<dyn crate::transport::Io>>,
     local: std::os::unix::net::UnixStream,
 ) -> std::io::Result<()> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

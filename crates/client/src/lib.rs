@@ -18,7 +18,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use exec::Streams;
-pub use transport::Endpoint;
+pub use transport::{client_identity, Endpoint};
 
 /// How long one `/wait` call waits before the client looks for new progress.
 const POLL: Duration = Duration::from_millis(500);
@@ -233,6 +233,14 @@ impl Remote {
     /// An instance's console: a local stream relayed to it (by a thread of this client).
     pub fn console(&self, name: &str) -> Result<std::os::unix::net::UnixStream, Error> {
         exec::console(&self.endpoint, segment(name)?)
+    }
+
+    /// Join the daemon with a token's `secret`: it trusts this client's certificate from now on.
+    pub fn join(&self, secret: &str) -> Result<berth_api::TrustedClient, Error> {
+        let add = berth_api::TrustAdd {
+            secret: secret.to_string(),
+        };
+        self.sync("POST", "/1.0/certificates", Some(&add))
     }
 
     /// An operation as it is now.

@@ -15,14 +15,42 @@ const MAX_ANSWER: usize = 64 << 20;
 pub enum Endpoint {
     /// Its unix socket.
     Unix(PathBuf),
+    /// HTTPS (TLS 1.3): the server must show the certificate `fingerprint` names; the client
+    /// shows its own, kept in `identity` (`client.crt`, `client.key`, made on first use).
+    Https {
+        /// `HOST:PORT`.
+        address: String,
+        /// The server certificate's SHA-256 fingerprint.
+        fingerprint: String,
+        /// The client's identity folder.
+        identity: PathBuf,
+    },
 }
 
 impl std::fmt::Display for Endpoint {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Endpoint::Unix(p) => write!(f, "the berth daemon at unix://{}", p.display()),
+            Endpoint::Https { address, .. } => write!(f, "the berth daemon at https://{address}"),
         }
     }
+}
+
+/// A connection to a daemon, whatever carries it.
+pub trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static> Io for T {}
+
+/// How long reaching a daemon over the network may take.
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The client's own identity in `dir`, made on first use.
+pub fn client_identity(dir: &std::path::Path) -> Result<berth_tls::Identity, Error> {
+    let host = rustix::system::uname()
+        .nodename()
+        .to_string_lossy()
+        .into_owned();
+    berth_tls::load_or_make(dir, "client", &format!("berth-client@{host}"))
+        .map_err(|e| Error::internal(format!("this client's TLS identity: {e}")))
 }
 
 impl Endpoint {
@@ -41,11 +69,50 @@ impl Endpoint {
 }
 
 /// A connection to the daemon.
-pub async fn connect(endpoint: &Endpoint) -> Result<tokio::net::UnixStream, Error> {
-    let Endpoint::Unix(sock) = endpoint;
-    tokio::net::UnixStream::connect(sock)
-        .await
-        .map_err(|e| Error::internal(format!("{endpoint} cannot be reached: {e}")))
+pub async fn connect(endpoint: &Endpoint) -> Result<Box<dyn Io>, Error> {
+    let unreachable =
+        |e: &dyn std::fmt::Display| Error::internal(format!("{endpoint} cannot be reached: {e}"));
+    match endpoint {
+        Endpoint::Unix(sock) => Ok(Box::new(
+            tokio::net::UnixStream::connect(sock)
+                .await
+                .map_err(|e| unreachable(&e))?,
+        )),
+        Endpoint::Https {
+            address,
+            fingerprint,
+            identity,
+        } => {
+            let tcp =
+                tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(address))
+                    .await
+                    .map_err(|_| {
+                        unreachable(&format!("no answer in {} s", CONNECT_TIMEOUT.as_secs()))
+                    })?
+                    .map_err(|e| unreachable(&e))?;
+            let config = berth_tls::client_config(fingerprint, client_identity(identity)?)
+                .map_err(|e| Error::internal(format!("TLS for {endpoint}: {e}")))?;
+            let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+            // The name is not checked (the certificate is pinned by its fingerprint).
+            let name = rustls::pki_types::ServerName::try_from("berth")
+                .map_err(|e| Error::internal(format!("TLS for {endpoint}: {e}")))?;
+            let tls = tokio::time::timeout(CONNECT_TIMEOUT, connector.connect(name, tcp))
+                .await
+                .map_err(|_| unreachable(&"no TLS handshake in time"))?
+                .map_err(|e| {
+                    let text = e.to_string();
+                    if text.contains(berth_tls::WRONG_FINGERPRINT) {
+                        Error::new(
+                            berth_api::ErrorKind::Forbidden,
+                            format!("refusing {endpoint}: {text}"),
+                        )
+                    } else {
+                        unreachable(&format!("TLS: {text}"))
+                    }
+                })?;
+            Ok(Box::new(tls))
+        }
+    }
 }
 
 /// `METHOD path` with `body` to `endpoint`: the HTTP status and the answer's bytes.

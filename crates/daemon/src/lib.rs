@@ -11,8 +11,10 @@
 
 pub mod body;
 mod exec;
+pub mod https;
 pub mod ops;
 mod routes;
+pub mod trust;
 pub mod worker;
 
 use berth_host::dirs::Dirs;
@@ -69,9 +71,10 @@ pub fn bind_unix(path: &Path) -> Result<tokio::net::UnixListener, DaemonError> {
     tokio::net::UnixListener::from_std(l).map_err(|e| io("setting up", e))
 }
 
-/// Serve `dirs` on its unix socket until SIGINT or SIGTERM, then remove the socket. Guests keep
-/// running: they are QEMU and container processes of their own.
-pub fn serve(dirs: &Dirs) -> Result<(), DaemonError> {
+/// Serve `dirs` on its unix socket, and over HTTPS on `listen` (`ADDR:PORT`) when given, until
+/// SIGINT or SIGTERM, then remove the socket. Guests keep running: they are QEMU and container
+/// processes of their own.
+pub fn serve(dirs: &Dirs, listen: Option<&str>) -> Result<(), DaemonError> {
     let path = socket_path(dirs);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -89,14 +92,40 @@ pub fn serve(dirs: &Dirs) -> Result<(), DaemonError> {
             path: path.clone(),
             source: e,
         })?;
-        axum::serve(listener, router(dirs.clone(), worker))
-            .with_graceful_shutdown(shutdown())
-            .await
-            .map_err(|e| DaemonError::Io {
-                what: "serving",
-                path: path.clone(),
-                source: e,
-            })
+        let app = router(dirs.clone(), worker);
+        if let Some(addr) = listen {
+            let bad = |source| DaemonError::Io {
+                what: "listening for HTTPS as",
+                path: PathBuf::from(addr),
+                source,
+            };
+            let id = trust::server_identity(dirs).map_err(|e| bad(std::io::Error::other(e)))?;
+            let fingerprint = id.fingerprint();
+            let config = berth_tls::server_config(id).map_err(|e| bad(std::io::Error::other(e)))?;
+            let tcp = tokio::net::TcpListener::bind(addr).await.map_err(bad)?;
+            let bound = tcp.local_addr().map_err(bad)?.to_string();
+            trust::set_addresses(dirs, vec![bound.clone()])
+                .map_err(|e| bad(std::io::Error::other(e)))?;
+            tracing::info!(address = %bound, %fingerprint, "berth daemon listening for HTTPS");
+            tokio::spawn(https::serve(
+                tcp,
+                app.clone(),
+                dirs.clone(),
+                config,
+                fingerprint,
+            ));
+        }
+        axum::serve(
+            listener,
+            app.layer(axum::extract::Extension(https::Peer::Unix)),
+        )
+        .with_graceful_shutdown(shutdown())
+        .await
+        .map_err(|e| DaemonError::Io {
+            what: "serving",
+            path: path.clone(),
+            source: e,
+        })
     });
     let _ = std::fs::remove_file(&path);
     result

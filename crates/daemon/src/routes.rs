@@ -9,6 +9,8 @@
 //! - `GET /1.0/instances/NAME/exec`, a websocket: a command's streams and exit ([`crate::exec`]).
 //! - `GET /1.0/run`, a websocket: `berth run` (a new application container's command).
 //! - `GET /1.0/instances/NAME/console`, a websocket: the console, both ways.
+//! - `GET /1.0/certificates` (trusted clients), `POST` (join with a token's secret: the only
+//!   request but `GET /1.0` an untrusted HTTPS client may make), `DELETE /1.0/certificates/WHO`.
 //! - `GET /1.0/operations`, `GET /1.0/operations/ID`, `DELETE` (cancel),
 //!   `GET /1.0/operations/ID/wait?timeout=SECONDS`.
 //!
@@ -19,20 +21,21 @@
 //! same envelope.
 
 use crate::body;
+use crate::https::Peer;
 use crate::ops::Operations;
 use crate::worker::{self, Job};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{Extension, Path, RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response as HttpResponse};
 use axum::routing::{get, put};
 use axum::Router;
 use berth_api::{
     check_name, Error, InstanceCreate, InstanceDelete, InstanceSet, InstanceStateChange, Response,
-    ServerInfo,
+    ServerInfo, TrustAdd,
 };
 use berth_host::dirs::Dirs;
 use berth_host::executor::Executor;
@@ -60,6 +63,11 @@ pub fn router(dirs: Dirs, worker: PathBuf) -> Router {
         .route("/1.0/instances/{name}/exec", get(exec))
         .route("/1.0/instances/{name}/console", get(console))
         .route("/1.0/run", get(run))
+        .route("/1.0/certificates", get(trusted_clients).post(join))
+        .route(
+            "/1.0/certificates/{who}",
+            axum::routing::delete(not_trusted_any_more),
+        )
         .route("/1.0/operations", get(operations))
         .route("/1.0/operations/{id}", get(operation).delete(cancel))
         .route("/1.0/operations/{id}/wait", get(wait))
@@ -72,6 +80,11 @@ pub fn router(dirs: Dirs, worker: PathBuf) -> Router {
             worker,
             ops: Operations::default(),
         })
+}
+
+/// An error in the API's envelope, with its kind's status.
+pub fn answer_error(e: Error) -> HttpResponse {
+    answer::<()>(Err(e))
 }
 
 /// An answer in the API's envelope.
@@ -388,7 +401,13 @@ fn name(raw: &str) -> Result<String, Error> {
     Ok(raw.to_string())
 }
 
-async fn server() -> HttpResponse {
+/// Who asks (none: a test's oneshot, taken as the unix socket).
+fn peer_of(p: Option<Extension<Peer>>) -> Peer {
+    p.map_or(Peer::Unix, |Extension(p)| p)
+}
+
+async fn server(peer: Option<Extension<Peer>>) -> HttpResponse {
+    let peer = peer_of(peer);
     answer(Ok(ServerInfo {
         api_version: "1.0".into(),
         server_version: env!("CARGO_PKG_VERSION").into(),
@@ -396,7 +415,58 @@ async fn server() -> HttpResponse {
             .nodename()
             .to_string_lossy()
             .into_owned(),
+        auth: if peer.trusted() {
+            "trusted"
+        } else {
+            "untrusted"
+        }
+        .into(),
+        fingerprint: match peer {
+            Peer::Tls { server, .. } => Some(server),
+            Peer::Unix => None,
+        },
     }))
+}
+
+/// `POST /1.0/certificates`: join with a token, trusting this connection's certificate.
+async fn join(
+    State(host): State<Host>,
+    peer: Option<Extension<Peer>>,
+    bytes: Result<Bytes, BytesRejection>,
+) -> HttpResponse {
+    let r = read(bytes).and_then(|b| body::parse::<TrustAdd>(&b, None));
+    let add = match r {
+        Ok(a) => a,
+        Err(e) => return answer::<()>(Err(e)),
+    };
+    let Peer::Tls {
+        fingerprint: Some(fp),
+        ..
+    } = peer_of(peer)
+    else {
+        return answer::<()>(Err(Error::invalid(
+            "certificate",
+            "joining needs HTTPS with a client certificate (the unix socket is trusted already)",
+        )));
+    };
+    let dirs = host.dirs.clone();
+    let r = tokio::task::spawn_blocking(move || crate::trust::join(&dirs, &add.secret, &fp))
+        .await
+        .unwrap_or_else(|e| Err(Error::internal(format!("joining failed: {e}"))));
+    answer(r)
+}
+
+async fn trusted_clients(State(host): State<Host>) -> HttpResponse {
+    answer(crate::trust::list(&host.dirs))
+}
+
+async fn not_trusted_any_more(State(host): State<Host>, Path(who): Path<String>) -> HttpResponse {
+    let dirs = host.dirs.clone();
+    answer(
+        tokio::task::spawn_blocking(move || crate::trust::remove(&dirs, &who))
+            .await
+            .unwrap_or_else(|e| Err(Error::internal(format!("removing failed: {e}")))),
+    )
 }
 
 async fn not_found() -> HttpResponse {

@@ -260,6 +260,11 @@ impl Client {
             .expect("berth runs")
     }
 
+    /// Its config folder (where remotes.json and its TLS identity live).
+    pub fn conf_dir(&self) -> &Path {
+        self.conf.path()
+    }
+
     /// `berth` as this client, to be given its arguments.
     pub fn command(&self) -> Command {
         let mut c = Command::new(env!("CARGO_BIN_EXE_berth"));
@@ -301,5 +306,161 @@ impl Client {
             String::from_utf8_lossy(&out.stderr)
         );
         String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+/// A second host on this machine: a data dir of its own (the e2e image hard-linked into it)
+/// and a `berth daemon --listen` in a network namespace of its own, reached over a veth pair
+/// (`10.251.N.1` here, `10.251.N.2` there). Dropped: its instances deleted, the daemon ended,
+/// the namespace and the folder removed.
+pub struct SecondHost {
+    /// Its data dir.
+    pub dir: tempfile::TempDir,
+    /// Its namespace.
+    pub netns: String,
+    /// Where its daemon listens (`10.251.N.2:8443`).
+    pub address: String,
+    daemon: Option<std::process::Child>,
+}
+
+fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().expect("ip runs");
+    assert!(
+        out.status.success(),
+        "ip {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl SecondHost {
+    /// Make it and start its daemon.
+    pub fn start() -> SecondHost {
+        e2e_image();
+        let n = std::process::id() % 250 + 1;
+        let netns = format!("bt-h2-{}", std::process::id());
+        let (here, there) = (format!("bth{n}a"), format!("bth{n}b"));
+        let _ = Command::new("ip").args(["netns", "del", &netns]).output();
+        let _ = Command::new("ip").args(["link", "del", &here]).output();
+        ip(&["netns", "add", &netns]);
+        ip(&["link", "add", &here, "type", "veth", "peer", "name", &there]);
+        ip(&["link", "set", &there, "netns", &netns]);
+        ip(&["addr", "add", &format!("10.251.{n}.1/30"), "dev", &here]);
+        ip(&["link", "set", &here, "up"]);
+        for args in [
+            vec![
+                "-n",
+                netns.as_str(),
+                "addr",
+                "add",
+                &format!("10.251.{n}.2/30"),
+                "dev",
+                &there,
+            ],
+            vec!["-n", netns.as_str(), "link", "set", &there, "up"],
+            vec!["-n", netns.as_str(), "link", "set", "lo", "up"],
+            // passt takes its addresses from the interface with the default route.
+            vec![
+                "-n",
+                netns.as_str(),
+                "route",
+                "add",
+                "default",
+                "via",
+                &format!("10.251.{n}.1"),
+            ],
+        ] {
+            ip(&args);
+        }
+        let dir = tempfile::Builder::new()
+            .prefix("berth-h2-")
+            .tempdir_in("/var/tmp")
+            .unwrap();
+        std::fs::create_dir_all(dir.path().join("images")).unwrap();
+        let cp = Command::new("cp")
+            .arg("-al")
+            .arg(e2e_dir().join("images/debian-12"))
+            .arg(dir.path().join("images/"))
+            .status()
+            .unwrap();
+        assert!(cp.success());
+        let mut h = SecondHost {
+            dir,
+            netns,
+            address: format!("10.251.{n}.2:8443"),
+            daemon: None,
+        };
+        h.start_daemon();
+        h
+    }
+
+    /// Start its daemon (again) and wait until it answers on its socket.
+    pub fn start_daemon(&mut self) {
+        let child = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", self.netns))
+            .arg(env!("CARGO_BIN_EXE_berth"))
+            .args(["daemon", "--listen", &self.address])
+            .env("BERTH_DIR", self.dir.path())
+            .stdin(std::process::Stdio::null())
+            .spawn()
+            .expect("the second host's daemon starts");
+        self.daemon = Some(child);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while !self.dir.path().join("https.json").exists()
+            || std::os::unix::net::UnixStream::connect(self.dir.path().join("berth.sock")).is_err()
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the second host's daemon did not start"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+
+    /// End its daemon with SIGKILL, as a crash would.
+    pub fn kill_daemon(&mut self) {
+        if let Some(mut c) = self.daemon.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// `berth ARGS` on the host itself: in-process, its data dir, in its network namespace
+    /// (entered with nsenter: `ip netns exec` would remount /sys and hide the cgroup hierarchy).
+    pub fn run(&self, args: &[&str]) -> Output {
+        Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", self.netns))
+            .arg(env!("CARGO_BIN_EXE_berth"))
+            .args(args)
+            .env("BERTH_DIR", self.dir.path())
+            .output()
+            .expect("berth runs")
+    }
+
+    /// [`SecondHost::run`], insisting on success: its stdout.
+    pub fn run_ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "berth {args:?} on the second host failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for SecondHost {
+    fn drop(&mut self) {
+        let listed = self.run(&["list", "--json"]);
+        if let Ok(all) = serde_json::from_slice::<serde_json::Value>(&listed.stdout) {
+            for i in all.as_array().into_iter().flatten() {
+                if let Some(n) = i["name"].as_str() {
+                    let _ = self.run(&["delete", "--force", n]);
+                }
+            }
+        }
+        self.kill_daemon();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.netns])
+            .output();
     }
 }

@@ -1,0 +1,178 @@
+//! A second host over HTTPS, end to end as root on this machine: a `berth daemon --listen` in a
+//! network namespace of its own with a data dir of its own, joined from this host with a token;
+//! a system container and a VM launched and worked on there through the remote; untrusted
+//! clients and a client pinning the wrong fingerprint refused on every endpoint; the daemon
+//! killed with SIGKILL and started again with its guests still running.
+
+mod common;
+
+use common::{Client, SecondHost};
+use serde_json::Value;
+
+/// `curl -k` to the second host with no client certificate: the HTTP status and the answer.
+fn curl(h: &SecondHost, method: &str, path: &str) -> (u16, Value) {
+    let out = std::process::Command::new("curl")
+        .args([
+            "-sk",
+            "--max-time",
+            "20",
+            "-o",
+            "-",
+            "-w",
+            "\n%{http_code}",
+            "-X",
+            method,
+        ])
+        .arg(format!("https://{}{path}", h.address))
+        .output()
+        .expect("curl runs");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (json, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (
+        code.trim().parse().unwrap_or(0),
+        serde_json::from_str(json).unwrap_or(Value::Null),
+    )
+}
+
+/// Every endpoint but server info and the token exchange, as an untrusted client asks them.
+const GUARDED: &[(&str, &str)] = &[
+    ("GET", "/1.0/instances"),
+    ("POST", "/1.0/instances"),
+    ("GET", "/1.0/instances/web"),
+    ("PATCH", "/1.0/instances/web"),
+    ("DELETE", "/1.0/instances/web"),
+    ("PUT", "/1.0/instances/web/state"),
+    ("GET", "/1.0/instances/web/logs"),
+    ("GET", "/1.0/instances/web/exec"),
+    ("GET", "/1.0/instances/web/console"),
+    ("GET", "/1.0/run"),
+    ("GET", "/1.0/operations"),
+    ("GET", "/1.0/operations/x/wait"),
+    ("DELETE", "/1.0/operations/x"),
+    ("GET", "/1.0/certificates"),
+    ("DELETE", "/1.0/certificates/laptop"),
+    ("GET", "/1.0/nothing"),
+];
+
+#[test]
+fn a_second_host_is_joined_and_its_guests_managed_over_https() {
+    let mut h = SecondHost::start();
+    let pid = std::process::id();
+    let (ct, vm) = (format!("h2-ct-{pid}"), format!("h2-vm-{pid}"));
+
+    // Untrusted: server info (saying so) and nothing else.
+    let (s, v) = curl(&h, "GET", "/1.0");
+    assert_eq!(
+        (s, v["metadata"]["auth"].as_str()),
+        (200, Some("untrusted")),
+        "{v}"
+    );
+    for (method, path) in GUARDED {
+        let (s, v) = curl(&h, method, path);
+        assert_eq!(s, 403, "{method} {path} answered an untrusted client: {v}");
+        assert_eq!(v["error"]["kind"], "forbidden");
+    }
+
+    // Join with a token; a token works once.
+    let token = h.run_ok(&["remote", "token", "laptop"]);
+    let c = Client::new();
+    let out = c.run_ok(&["remote", "add", "h2", token.trim()]);
+    assert!(out.contains(&format!("https://{}", h.address)), "{out}");
+    let again = Client::new().run(&["remote", "add", "h2", token.trim()]);
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("join token"));
+    let trusted: Value = serde_json::from_str(&h.run_ok(&["trust", "list", "--json"])).unwrap();
+    assert_eq!(trusted[0]["name"], "laptop", "{trusted}");
+
+    // A system container there.
+    let t = format!("h2:{ct}");
+    c.run_ok(&["launch", "debian-12", &t, "--container"]);
+    let out = c.run_input(
+        &["exec", &t, "--", "sh", "-c", "cat; exit 3"],
+        b"over https\n",
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "over https\n");
+    common::console_answers_with(c.command(), &t);
+    c.run_ok(&["set", &t, "memory=200M"]);
+    let info: Value = serde_json::from_str(&c.run_ok(&["info", "--json", &t])).unwrap();
+    assert_eq!(info["limits"]["memory"], "200M", "{info}");
+    // It is on the second host, not here.
+    let here: Value = serde_json::from_str(&c.run_ok(&["list", "--json"])).unwrap();
+    assert_eq!(here, serde_json::json!([]));
+    let there: Value = serde_json::from_str(&h.run_ok(&["list", "--json"])).unwrap();
+    assert!(there
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|i| i["name"] == ct.as_str()));
+
+    // A VM there.
+    let tv = format!("h2:{vm}");
+    c.run_ok(&["launch", "debian-12", &tv]);
+    assert_eq!(
+        c.run_ok(&["exec", &tv, "--", "hostname"]).trim(),
+        vm.as_str()
+    );
+    let out = c.run_input(&["exec", &tv, "--", "cat"], b"to the vm\n");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "to the vm\n");
+
+    // A client pinning another fingerprint is refused, whatever it asks.
+    let wrong = Client::new();
+    wrong.run_ok(&[
+        "remote",
+        "add",
+        "h2",
+        h.run_ok(&["remote", "token", "other"]).trim(),
+    ]);
+    let conf = wrong.conf_dir().join("remotes.json");
+    let text = std::fs::read_to_string(&conf).unwrap();
+    let v: Value = serde_json::from_str(&text).unwrap();
+    let pinned = v["remotes"]["h2"]["fingerprint"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let flipped: String = pinned.chars().rev().collect();
+    std::fs::write(&conf, text.replace(&pinned, &flipped)).unwrap();
+    for args in [
+        vec!["list", "h2:"],
+        vec!["info", &t],
+        vec!["exec", &t, "--", "true"],
+        vec!["delete", "--force", &t],
+    ] {
+        let out = wrong.run(&args);
+        assert!(!out.status.success(), "{args:?} went through");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("not the one trusted"), "{args:?}: {err}");
+    }
+    // A client that is no longer trusted is refused too.
+    h.run_ok(&["trust", "remove", "other"]);
+    std::fs::write(&conf, text).unwrap();
+    let out = wrong.run(&["list", "h2:"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not trusted"));
+
+    // The daemon killed while its guests run: they go on, and a new daemon lists them.
+    h.kill_daemon();
+    h.start_daemon();
+    let listed: Value = serde_json::from_str(&c.run_ok(&["list", "h2:", "--json"])).unwrap();
+    for n in [&ct, &vm] {
+        let i = listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["name"] == n.as_str())
+            .unwrap_or_else(|| panic!("{n} is not listed after the restart: {listed}"));
+        assert_eq!(i["state"]["state"], "running", "{i}");
+    }
+
+    c.run_ok(&["stop", &t]);
+    c.run_ok(&["delete", &t]);
+    c.run_ok(&["delete", "--force", &tv]);
+    let there: Value = serde_json::from_str(&h.run_ok(&["list", "--json"])).unwrap();
+    assert_eq!(there, serde_json::json!([]), "{there}");
+}
