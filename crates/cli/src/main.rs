@@ -4,6 +4,7 @@
 mod client;
 mod container;
 mod disk;
+mod docs;
 mod exit;
 mod host;
 mod image;
@@ -24,7 +25,7 @@ use std::process::ExitCode;
 /// berth runs virtual machines and system containers side by side on one Linux host.
 #[derive(Debug, Parser)]
 #[command(name = "berth", version, about, long_about = None, propagate_version = true)]
-struct Cli {
+pub struct Cli {
     #[command(subcommand)]
     command: Command,
 }
@@ -92,6 +93,10 @@ enum Command {
     /// Remote hosts: berth daemons this client manages (REMOTE:NAME names an instance there).
     #[command(subcommand)]
     Remote(remote::RemoteCommand),
+    /// Print shell completions (bash, zsh, fish).
+    Completion(docs::CompletionArgs),
+    /// Write man pages for berth and every subcommand to a folder.
+    Man(docs::ManArgs),
     /// Clients this host's daemon trusts over HTTPS: list, remove.
     #[command(subcommand)]
     Trust(trust::TrustCommand),
@@ -173,6 +178,8 @@ fn main() -> ExitCode {
         Command::MachineId(cmd) => machine_id::run(cmd),
         Command::Remote(cmd) => remote::run(cmd),
         Command::Trust(cmd) => trust::run(cmd),
+        Command::Completion(a) => docs::completion(a),
+        Command::Man(a) => docs::man(a),
         Command::DaemonWorker => output::dirs().and_then(|d| {
             berth_daemon::worker::main(&d)?;
             Ok(Status(0))
