@@ -40,6 +40,16 @@ fi
 
 # qemu-img and qemu-io, the reference the disk tests compare against. Installed after
 # qemu-system-x86: a machine may come with a newer qemu-utils built outside Debian's archive,
+# promtool (from Debian's prometheus package) checks the daemon's /1.0/metrics. Only the tool is
+# taken from the package: installing it would also start a Prometheus server here.
+if ! command -v promtool >/dev/null; then
+  echo "setup: installing promtool" >&2
+  tools=/var/cache/berth-tools
+  mkdir -p "$tools"
+  (cd "$tools" && apt-get download -qq prometheus 2>/dev/null && dpkg-deb -x prometheus_*.deb "$tools/prometheus")
+  ln -sf "$tools/prometheus/usr/bin/promtool" /usr/local/bin/promtool
+fi
+
 # which apt removes when it installs Debian's qemu-system packages; Debian's own qemu-utils
 # then matches the QEMU the VMs run on.
 if ! command -v qemu-img >/dev/null 2>&1 || ! command -v qemu-io >/dev/null 2>&1; then

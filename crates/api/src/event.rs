@@ -25,3 +25,34 @@ pub struct Event {
     /// Milliseconds since the request began.
     pub elapsed_ms: u64,
 }
+
+/// What the daemon's events websocket (`/1.0/events`) sends: operations as they change, and
+/// instances' lifecycle, as Incus's event stream does.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+pub enum DaemonEvent {
+    /// An operation began, progressed or ended.
+    Operation {
+        /// When (RFC 3339).
+        timestamp: String,
+        /// The operation as it is now.
+        operation: Box<crate::operation::Operation>,
+    },
+    /// An instance was created, started, stopped, deleted, changed.
+    Lifecycle {
+        /// When (RFC 3339).
+        timestamp: String,
+        /// What happened.
+        event: Event,
+    },
+}
+
+impl DaemonEvent {
+    /// Its type as `/1.0/events?type=` names it.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            DaemonEvent::Operation { .. } => "operation",
+            DaemonEvent::Lifecycle { .. } => "lifecycle",
+        }
+    }
+}

@@ -129,11 +129,16 @@ pub struct VmDetails {
     /// Seconds since QEMU started, while it runs (`info` only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uptime_seconds: Option<u64>,
+    /// Live usage of its QEMU process while it runs (`info` only): CPU time, resident memory,
+    /// threads, bytes it read and wrote to its disks. (Not `usage`: a VM's and a container's
+    /// details are flattened into one object, so their keys must differ.)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub qemu_usage: Option<Usage>,
     /// SSH access.
     pub ssh: Ssh,
 }
 
-/// Live usage of a running container, from its cgroup.
+/// Live usage of a running instance: a container's from its cgroup, a VM's from its QEMU process.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Usage {
     /// Memory in use.
@@ -231,6 +236,23 @@ pub struct Instance {
 mod tests {
     use super::*;
 
+    /// A VM's and a container's details share one flattened object: a container's usage must
+    /// come back as the container's (a key both had would be taken by the first).
+    #[test]
+    fn a_containers_usage_survives_the_flattened_json() {
+        let v = serde_json::json!({
+            "name": "web", "type": "container",
+            "state": {"state": "running", "reason": ""},
+            "image": "debian-12", "created_at": 0,
+            "system": true, "command": [], "network": "none", "cgroup": "berth/web",
+            "limits": {}, "usage": {"memory_bytes": 1, "cpu_ns": 2, "pids": 3,
+                                    "io_read_bytes": 4, "io_write_bytes": 5}
+        });
+        let i: Instance = serde_json::from_value(v).unwrap();
+        assert!(i.vm.is_none());
+        assert_eq!(i.container.unwrap().usage.unwrap().pids, Some(3));
+    }
+
     #[test]
     fn an_instance_is_flat_json_tagged_by_type_and_reads_back() {
         let i = Instance {
@@ -256,6 +278,7 @@ mod tests {
                     guest: 80,
                 }],
                 uptime_seconds: None,
+                qemu_usage: None,
                 ssh: Ssh {
                     user: "berth".into(),
                     port: 2222,

@@ -21,7 +21,7 @@ pub mod trust;
 
 pub use blob::Blob;
 pub use error::{Error, ErrorKind};
-pub use event::{Event, EventKind};
+pub use event::{DaemonEvent, Event, EventKind};
 pub use exec::{ExecExit, InstanceExec, InstanceRun, LogChunk};
 pub use instance::{
     ContainerDetails, Forward, GuestKind, Instance, InstanceType, NetBytes, Ssh, State, Status,

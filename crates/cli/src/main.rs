@@ -10,6 +10,7 @@ mod host;
 mod image;
 mod key;
 mod machine_id;
+mod monitor;
 mod output;
 mod remote;
 mod render;
@@ -93,6 +94,8 @@ enum Command {
     /// Remote hosts: berth daemons this client manages (REMOTE:NAME names an instance there).
     #[command(subcommand)]
     Remote(remote::RemoteCommand),
+    /// Follow a daemon's events (operations, lifecycle) as they happen.
+    Monitor(monitor::MonitorArgs),
     /// Print shell completions (bash, zsh, fish).
     Completion(docs::CompletionArgs),
     /// Write man pages for berth and every subcommand to a folder.
@@ -179,6 +182,7 @@ fn main() -> ExitCode {
         Command::Remote(cmd) => remote::run(cmd),
         Command::Trust(cmd) => trust::run(cmd),
         Command::Completion(a) => docs::completion(a),
+        Command::Monitor(a) => monitor::run(a),
         Command::Man(a) => docs::man(a),
         Command::DaemonWorker => output::dirs().and_then(|d| {
             berth_daemon::worker::main(&d)?;

@@ -38,6 +38,29 @@ fn vm(i: &Instance, v: &VmDetails) {
     if let Some(u) = v.uptime_seconds {
         println!("Uptime:      {u} s");
     }
+    if let Some(u) = &v.qemu_usage {
+        usage(u, "Threads:    ");
+    }
+}
+
+/// Live usage lines (`tasks`: what its task count is called).
+fn usage(u: &berth_api::Usage, tasks: &str) {
+    if let Some(m) = u.memory_bytes {
+        println!("Memory used: {}", human_size(m));
+    }
+    if let Some(t) = u.cpu_ns {
+        println!("CPU time:    {:.3} s", t as f64 / 1e9);
+    }
+    if let Some(p) = u.pids {
+        println!("{tasks} {p}");
+    }
+    if let (Some(r), Some(w)) = (u.io_read_bytes, u.io_write_bytes) {
+        println!(
+            "I/O:         {} read, {} written",
+            human_size(r),
+            human_size(w)
+        );
+    }
 }
 
 fn container(i: &Instance, c: &ContainerDetails) {
@@ -66,22 +89,7 @@ fn container(i: &Instance, c: &ContainerDetails) {
         println!("Limit:       {k} = {v}");
     }
     if let Some(u) = &c.usage {
-        if let Some(m) = u.memory_bytes {
-            println!("Memory used: {}", human_size(m));
-        }
-        if let Some(t) = u.cpu_ns {
-            println!("CPU time:    {:.3} s", t as f64 / 1e9);
-        }
-        if let Some(p) = u.pids {
-            println!("Processes:   {p}");
-        }
-        if let (Some(r), Some(w)) = (u.io_read_bytes, u.io_write_bytes) {
-            println!(
-                "I/O:         {} read, {} written",
-                human_size(r),
-                human_size(w)
-            );
-        }
+        usage(u, "Processes:  ");
     }
     if let Some(n) = &c.net {
         println!(

@@ -131,6 +131,21 @@ fn the_cli_manages_a_container_through_a_remote() {
     let remotes: Value = serde_json::from_str(&c.run_ok(&["remote", "list", "--json"])).unwrap();
     assert_eq!(remotes.as_array().unwrap().len(), 2, "{remotes}");
 
+    // berth monitor follows the daemon's events from here on.
+    let mut monitor = c
+        .command()
+        .args(["monitor", "d1:", "--json"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut monitor_out = monitor.stdout.take().unwrap();
+    let seen = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = std::io::Read::read_to_string(&mut monitor_out, &mut text);
+        text
+    });
+    std::thread::sleep(std::time::Duration::from_millis(500));
+
     let target = format!("d1:{name}");
     let out = c.run(&[
         "launch",
@@ -249,6 +264,26 @@ fn the_cli_manages_a_container_through_a_remote() {
         d.call("GET", &format!("/1.0/instances/{name}"), None).0,
         404
     );
+    let _ = monitor.kill();
+    let _ = monitor.wait();
+    let events: Vec<Value> = seen
+        .join()
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let lifecycle: Vec<&str> = events
+        .iter()
+        .filter(|e| e["type"] == "lifecycle" && e["event"]["instance"] == name.as_str())
+        .map(|e| e["event"]["message"].as_str().unwrap())
+        .collect();
+    for m in ["created", "updated", "stopped", "started", "deleted"] {
+        assert!(lifecycle.contains(&m), "no {m} in {lifecycle:?}");
+    }
+    assert!(events.iter().any(|e| e["type"] == "operation"
+        && e["operation"]["description"] == format!("creating instance {name}").as_str()
+        && e["operation"]["status"] == "success"));
+
     c.run_ok(&["remote", "remove", "d1"]);
     assert_eq!(c.run_ok(&["remote", "get-default"]).trim(), "local");
 }

@@ -50,6 +50,7 @@ const GUARDED: &[(&str, &str)] = &[
     ("GET", "/1.0/operations/x/wait"),
     ("DELETE", "/1.0/operations/x"),
     ("GET", "/1.0/certificates"),
+    ("GET", "/1.0/metrics"),
     ("DELETE", "/1.0/certificates/laptop"),
     ("GET", "/1.0/nothing"),
 ];
@@ -121,6 +122,62 @@ fn a_second_host_is_joined_and_its_guests_managed_over_https() {
     );
     let out = c.run_input(&["exec", &tv, "--", "cat"], b"to the vm\n");
     assert_eq!(String::from_utf8_lossy(&out.stdout), "to the vm\n");
+
+    // Metrics, as the trusted client reads them (its own certificate), pass promtool's check
+    // and show both guests running and using CPU and memory.
+    let conf = c.conf_dir();
+    let out = std::process::Command::new("curl")
+        .args(["-sk", "--max-time", "30", "--fail", "--cert"])
+        .arg(conf.join("client.crt"))
+        .arg("--key")
+        .arg(conf.join("client.key"))
+        .arg(format!("https://{}/1.0/metrics", h.address))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let metrics = String::from_utf8_lossy(&out.stdout).into_owned();
+    let check = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut p| {
+            use std::io::Write;
+            p.stdin.take().unwrap().write_all(metrics.as_bytes())?;
+            p.wait_with_output()
+        })
+        .expect("promtool runs");
+    assert!(
+        check.status.success(),
+        "promtool: {}{}\n{metrics}",
+        String::from_utf8_lossy(&check.stdout),
+        String::from_utf8_lossy(&check.stderr)
+    );
+    for (n, ty) in [(&ct, "container"), (&vm, "vm")] {
+        let labels = format!("{{name=\"{n}\",type=\"{ty}\"");
+        assert!(
+            metrics.contains(&format!(
+                "berth_instance_state{labels},state=\"running\"}} 1"
+            )),
+            "{metrics}"
+        );
+        for family in [
+            "berth_instance_cpu_seconds_total",
+            "berth_instance_memory_bytes",
+        ] {
+            let line = metrics
+                .lines()
+                .find(|l| l.starts_with(&format!("{family}{labels}}}")))
+                .unwrap_or_else(|| panic!("no {family} for {n}: {metrics}"));
+            let v: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+            assert!(v > 0.0, "{line}");
+        }
+    }
 
     // A client pinning another fingerprint is refused, whatever it asks.
     let wrong = Client::new();

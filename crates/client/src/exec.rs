@@ -233,3 +233,34 @@ async fn relay(
     let _ = ws.close(None).await;
     Ok(())
 }
+
+/// Follow the daemon's event stream at `path` (`/1.0/events?...`), handing each event to `f`
+/// until it answers false or the daemon goes.
+pub async fn monitor(
+    endpoint: &Endpoint,
+    path: &str,
+    f: &mut dyn FnMut(berth_api::DaemonEvent) -> bool,
+) -> Result<(), Error> {
+    let mut ws = open(endpoint, path).await?;
+    while let Some(m) = ws.next().await {
+        match m {
+            Ok(Message::Text(t)) => match serde_json::from_str(&t) {
+                Ok(ev) => {
+                    if !f(ev) {
+                        break;
+                    }
+                }
+                Err(e) => tracing::debug!("an event berth cannot read ({e}): {t}"),
+            },
+            Ok(Message::Close(_)) => break,
+            Ok(_) => {}
+            Err(e) => {
+                return Err(Error::internal(format!(
+                    "the event stream of {endpoint} failed: {e}"
+                )))
+            }
+        }
+    }
+    let _ = ws.close(None).await;
+    Ok(())
+}

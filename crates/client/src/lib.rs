@@ -243,6 +243,29 @@ impl Remote {
         self.sync("POST", "/1.0/certificates", Some(&add))
     }
 
+    /// Follow the daemon's events (of `types`, or all), handing each to `f` until it answers
+    /// false.
+    pub fn monitor(
+        &self,
+        types: &[String],
+        f: &mut dyn FnMut(berth_api::DaemonEvent) -> bool,
+    ) -> Result<(), Error> {
+        for t in types {
+            if !t.chars().all(|c| c.is_ascii_lowercase()) {
+                return Err(Error::invalid(
+                    "type",
+                    format!("{t:?} is not an event type"),
+                ));
+            }
+        }
+        let path = if types.is_empty() {
+            "/1.0/events".to_string()
+        } else {
+            format!("/1.0/events?type={}", types.join(","))
+        };
+        self.rt.block_on(exec::monitor(&self.endpoint, &path, f))
+    }
+
     /// An operation as it is now.
     pub fn operation(&self, id: &str) -> Result<Operation, Error> {
         self.sync("GET", &format!("/1.0/operations/{id}"), None::<&()>)

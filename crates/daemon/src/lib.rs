@@ -12,6 +12,7 @@
 pub mod body;
 mod exec;
 pub mod https;
+pub mod metrics;
 pub mod ops;
 mod routes;
 pub mod trust;

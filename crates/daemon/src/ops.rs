@@ -2,7 +2,10 @@
 //! may cancel ([`berth_api::Operation`]). An operation's latest state is kept in a watch channel
 //! so that `/wait` wakes when it changes; finished ones are kept for [`KEEP`] and then dropped.
 
-use berth_api::{Error, Event, Instance, Operation, OperationStatus, OPERATION_EVENTS_MAX};
+use berth_api::{
+    DaemonEvent, Error, Event, EventKind, Instance, Operation, OperationStatus,
+    OPERATION_EVENTS_MAX,
+};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -11,10 +14,24 @@ use tokio::sync::watch;
 /// How long a finished operation can still be read.
 pub const KEEP: Duration = Duration::from_secs(300);
 
-/// Every operation of this daemon.
-#[derive(Debug, Clone, Default)]
+/// Every operation of this daemon, and the event stream they and the instances' lifecycle feed
+/// (`/1.0/events`).
+#[derive(Debug, Clone)]
 pub struct Operations {
     inner: Arc<Mutex<HashMap<String, Slot>>>,
+    events: tokio::sync::broadcast::Sender<DaemonEvent>,
+}
+
+/// Events a slow listener may fall behind by before it misses some.
+const EVENTS_BACKLOG: usize = 1024;
+
+impl Default for Operations {
+    fn default() -> Operations {
+        Operations {
+            inner: Arc::default(),
+            events: tokio::sync::broadcast::channel(EVENTS_BACKLOG).0,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -58,31 +75,65 @@ impl Operations {
             error: None,
             may_cancel,
         };
-        let mut map = self.lock();
-        map.retain(|_, s| s.finished.is_none_or(|f| f.elapsed() < KEEP));
-        map.insert(
-            op.id.clone(),
-            Slot {
-                tx: watch::channel(op.clone()).0,
-                worker: None,
-                cancelled: false,
-                finished: None,
-            },
-        );
+        {
+            let mut map = self.lock();
+            map.retain(|_, s| s.finished.is_none_or(|f| f.elapsed() < KEEP));
+            map.insert(
+                op.id.clone(),
+                Slot {
+                    tx: watch::channel(op.clone()).0,
+                    worker: None,
+                    cancelled: false,
+                    finished: None,
+                },
+            );
+        }
+        self.publish(DaemonEvent::Operation {
+            timestamp: op.created_at.clone(),
+            operation: Box::new(op.clone()),
+        });
         op
     }
 
     fn change(&self, id: &str, f: impl FnOnce(&mut Operation)) {
-        if let Some(s) = self.lock().get(id) {
+        let changed = self.lock().get(id).map(|s| {
             s.tx.send_modify(|op| {
                 f(op);
                 op.updated_at = now();
             });
+            s.tx.borrow().clone()
+        });
+        if let Some(op) = changed {
+            self.publish(DaemonEvent::Operation {
+                timestamp: op.updated_at.clone(),
+                operation: Box::new(op),
+            });
         }
     }
 
-    /// A step of its progress.
+    /// Send an event to every listener (none listening is fine).
+    fn publish(&self, ev: DaemonEvent) {
+        let _ = self.events.send(ev);
+    }
+
+    /// An instance's lifecycle changed.
+    pub fn lifecycle(&self, ev: Event) {
+        self.publish(DaemonEvent::Lifecycle {
+            timestamp: now(),
+            event: ev,
+        });
+    }
+
+    /// Listen to the event stream from now on.
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<DaemonEvent> {
+        self.events.subscribe()
+    }
+
+    /// A step of its progress (a lifecycle step goes to the event stream too).
     pub fn progress(&self, id: &str, ev: Event) {
+        if ev.kind == EventKind::Lifecycle {
+            self.lifecycle(ev.clone());
+        }
         self.change(id, |op| {
             if op.events.len() >= OPERATION_EVENTS_MAX {
                 op.events.remove(0);
@@ -249,6 +300,25 @@ mod tests {
             ops.get("nope").unwrap_err().kind,
             berth_api::ErrorKind::NotFound
         );
+    }
+
+    #[tokio::test]
+    async fn operations_and_lifecycle_reach_the_event_stream() {
+        let ops = Operations::default();
+        let mut rx = ops.subscribe();
+        let op = ops.begin("creating instance web".into(), vec![], true);
+        let mut created = ev("created");
+        created.kind = EventKind::Lifecycle;
+        ops.progress(&op.id, created);
+        ops.finish(&op.id, Ok(None));
+        let mut seen = Vec::new();
+        while let Ok(e) = rx.try_recv() {
+            seen.push(match e {
+                DaemonEvent::Operation { operation, .. } => format!("{:?}", operation.status),
+                DaemonEvent::Lifecycle { event, .. } => event.message,
+            });
+        }
+        assert_eq!(seen, ["Running", "created", "Running", "Success"]);
     }
 
     #[tokio::test]

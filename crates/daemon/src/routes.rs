@@ -9,6 +9,8 @@
 //! - `GET /1.0/instances/NAME/exec`, a websocket: a command's streams and exit ([`crate::exec`]).
 //! - `GET /1.0/run`, a websocket: `berth run` (a new application container's command).
 //! - `GET /1.0/instances/NAME/console`, a websocket: the console, both ways.
+//! - `GET /1.0/events?type=operation,lifecycle`, a websocket: the event stream.
+//! - `GET /1.0/metrics`: every instance in Prometheus' text format ([`crate::metrics`]).
 //! - `GET /1.0/certificates` (trusted clients), `POST` (join with a token's secret: the only
 //!   request but `GET /1.0` an untrusted HTTPS client may make), `DELETE /1.0/certificates/WHO`.
 //! - `GET /1.0/operations`, `GET /1.0/operations/ID`, `DELETE` (cancel),
@@ -64,6 +66,8 @@ pub fn router(dirs: Dirs, worker: PathBuf) -> Router {
         .route("/1.0/instances/{name}/console", get(console))
         .route("/1.0/run", get(run))
         .route("/1.0/certificates", get(trusted_clients).post(join))
+        .route("/1.0/metrics", get(metrics))
+        .route("/1.0/events", get(events))
         .route(
             "/1.0/certificates/{who}",
             axum::routing::delete(not_trusted_any_more),
@@ -186,6 +190,21 @@ async fn in_worker(host: Host, job: Job) -> HttpResponse {
             if let Job::Create { create } = &job {
                 undo_create(&host, &create.name);
             }
+        }
+        // Deletes and limit changes say nothing of themselves on the way: their end is the
+        // lifecycle event.
+        let done = match &job {
+            Job::Delete { .. } => Some("deleted"),
+            Job::Set { .. } => Some("updated"),
+            _ => None,
+        };
+        if let (Some(message), Ok(_)) = (done, &r) {
+            ops.lifecycle(berth_api::Event {
+                kind: berth_api::EventKind::Lifecycle,
+                instance: job.instance().to_string(),
+                message: message.into(),
+                elapsed_ms: 0,
+            });
         }
         let r = r.and_then(|v| match job {
             Job::Create { .. } => serde_json::from_value(v)
@@ -454,6 +473,93 @@ async fn join(
         .await
         .unwrap_or_else(|e| Err(Error::internal(format!("joining failed: {e}"))));
     answer(r)
+}
+
+/// `GET /1.0/events?type=operation,lifecycle`: the event stream as a websocket of JSON text
+/// frames (every type when none is named).
+async fn events(
+    State(host): State<Host>,
+    RawQuery(query): RawQuery,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> HttpResponse {
+    let mut wanted = Vec::new();
+    match params(query.as_deref(), &["type"], "/1.0/events") {
+        Ok(ps) => {
+            for (_, v) in ps {
+                for t in v.split(',').filter(|t| !t.is_empty()) {
+                    if !["operation", "lifecycle"].contains(&t) {
+                        return answer_error(Error::invalid(
+                            "type",
+                            format!("{t:?} is not an event type (operation, lifecycle)"),
+                        ));
+                    }
+                    wanted.push(t.to_string());
+                }
+            }
+        }
+        Err(e) => return answer_error(e),
+    }
+    let mut rx = host.ops.subscribe();
+    upgrade(ws, move |mut socket| async move {
+        use axum::extract::ws::Message;
+        loop {
+            tokio::select! {
+                ev = rx.recv() => match ev {
+                    Ok(ev) => {
+                        if !wanted.is_empty() && !wanted.iter().any(|w| w == ev.type_name()) {
+                            continue;
+                        }
+                        let Ok(text) = serde_json::to_string(&ev) else { continue };
+                        if socket.send(Message::Text(text.into())).await.is_err() {
+                            return;
+                        }
+                    }
+                    // A listener that fell behind misses what it could not take, and goes on.
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        tracing::debug!("an events listener missed {n} events");
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                },
+                m = socket.recv() => match m {
+                    Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return,
+                    Some(Ok(_)) => {}
+                },
+            }
+        }
+    })
+}
+
+/// Every instance with its live usage, in Prometheus' text format.
+async fn metrics(State(host): State<Host>) -> HttpResponse {
+    let dirs = host.dirs.clone();
+    let r = tokio::task::spawn_blocking(move || {
+        let ex = Executor::open(&dirs)?;
+        let all = ex.list()?;
+        // Usage is read live, one instance at a time; one that went meanwhile is left out.
+        Ok::<_, Error>(
+            all.into_iter()
+                .filter_map(|i| match ex.info(&i.name) {
+                    Ok(live) => Some(live),
+                    Err(e) if e.kind == berth_api::ErrorKind::NotFound => None,
+                    Err(_) => Some(i),
+                })
+                .collect::<Vec<_>>(),
+        )
+    })
+    .await
+    .unwrap_or_else(|e| Err(Error::internal(format!("reading the metrics failed: {e}"))));
+    match r {
+        Ok(all) => (
+            StatusCode::OK,
+            [(
+                axum::http::header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
+            crate::metrics::render(&all),
+        )
+            .into_response(),
+        Err(e) => answer_error(e),
+    }
 }
 
 async fn trusted_clients(State(host): State<Host>) -> HttpResponse {

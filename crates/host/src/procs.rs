@@ -112,3 +112,81 @@ mod tests {
         assert!(find(&dir, sleeper).is_empty());
     }
 }
+
+/// What a process (a VM's QEMU) uses, from `/proc/PID`: CPU time (user + system), resident
+/// memory, threads, and bytes it read from and wrote to storage.
+pub fn usage(pid: i32) -> berth_api::Usage {
+    let read = |f: &str| std::fs::read_to_string(format!("/proc/{pid}/{f}")).ok();
+    let ticks = rustix::param::clock_ticks_per_second().max(1);
+    let cpu_ns = read("stat")
+        .as_deref()
+        .and_then(stat_cpu_ticks)
+        .map(|t| t.saturating_mul(1_000_000_000) / ticks);
+    let (memory_bytes, pids) = read("status")
+        .as_deref()
+        .map(status_rss_threads)
+        .unwrap_or((None, None));
+    let (io_read_bytes, io_write_bytes) =
+        read("io").as_deref().map(io_bytes).unwrap_or((None, None));
+    berth_api::Usage {
+        memory_bytes,
+        cpu_ns,
+        pids,
+        io_read_bytes,
+        io_write_bytes,
+    }
+}
+
+/// utime + stime (fields 14 and 15) of `/proc/PID/stat`, in clock ticks. The command name (field
+/// 2) may hold spaces and parentheses, so fields are counted after its last `)`.
+fn stat_cpu_ticks(stat: &str) -> Option<u64> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // After the name: state is field 3, so utime (14) is the 12th here.
+    let utime: u64 = f.get(11)?.parse().ok()?;
+    let stime: u64 = f.get(12)?.parse().ok()?;
+    Some(utime + stime)
+}
+
+/// `VmRSS` (in bytes) and `Threads` of `/proc/PID/status`.
+fn status_rss_threads(status: &str) -> (Option<u64>, Option<u64>) {
+    let field = |key: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|n| n.parse::<u64>().ok())
+    };
+    (field("VmRSS:").map(|kb| kb * 1024), field("Threads:"))
+}
+
+/// `read_bytes` and `write_bytes` of `/proc/PID/io` (storage I/O, not the page cache's).
+fn io_bytes(io: &str) -> (Option<u64>, Option<u64>) {
+    let field = |key: &str| {
+        io.lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+    };
+    (field("read_bytes:"), field("write_bytes:"))
+}
+
+#[cfg(test)]
+mod usage_tests {
+    use super::*;
+
+    #[test]
+    fn proc_files_are_read_as_the_kernel_writes_them() {
+        let stat = "4242 (qemu (x) y) S 1 4242 4242 0 -1 4194560 6000 0 1 0 150 25 0 0 20 0 7 0";
+        assert_eq!(stat_cpu_ticks(stat), Some(175));
+        assert_eq!(stat_cpu_ticks("junk"), None);
+        let status = "Name:\tqemu\nVmRSS:\t  204800 kB\nThreads:\t7\n";
+        assert_eq!(status_rss_threads(status), (Some(204800 * 1024), Some(7)));
+        let io = "rchar: 1\nwchar: 2\nread_bytes: 4096\nwrite_bytes: 8192\n";
+        assert_eq!(io_bytes(io), (Some(4096), Some(8192)));
+        let me = usage(std::process::id() as i32);
+        assert!(
+            me.memory_bytes.unwrap() > 0 && me.pids.unwrap() >= 1,
+            "{me:?}"
+        );
+    }
+}

@@ -174,6 +174,10 @@ fn describe(vms: &Vms, row: &InstanceRow, rec: &VmRecord, st: VmState, live: boo
                 })
                 .collect(),
             uptime_seconds: uptime,
+            qemu_usage: live
+                .then(|| qemu_pid(rec))
+                .flatten()
+                .map(crate::procs::usage),
             ssh: Ssh {
                 user: rec.ssh_user.clone(),
                 port: rec.ssh_port,
