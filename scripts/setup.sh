@@ -25,6 +25,8 @@ packages=(
   iptables        # the firewall fallback, exercised by the e2e tests
   time            # /usr/bin/time for the benchmarks' peak memory
   bc
+  python3-venv    # a venv for schemathesis (PyPI), run against the daemon's OpenAPI document
+  curl            # the daemon tests' plain HTTP client
 )
 
 missing=()
@@ -40,6 +42,15 @@ fi
 
 # qemu-img and qemu-io, the reference the disk tests compare against. Installed after
 # qemu-system-x86: a machine may come with a newer qemu-utils built outside Debian's archive,
+# schemathesis (PyPI) checks the live daemon against its OpenAPI document, from a venv of its own.
+venv=/var/cache/berth-tools/venv
+if [ ! -x "$venv/bin/schemathesis" ]; then
+  echo "setup: installing schemathesis" >&2
+  mkdir -p /var/cache/berth-tools
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q "schemathesis==4.32.5"
+fi
+
 # promtool (from Debian's prometheus package) checks the daemon's /1.0/metrics. Only the tool is
 # taken from the package: installing it would also start a Prometheus server here.
 if ! command -v promtool >/dev/null; then

@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 /// What kind of failure, as a client acts on it (and as the daemon maps it to HTTP).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorKind {
     /// No instance, image or operation of that name.
@@ -45,7 +45,9 @@ impl std::fmt::Display for ErrorKind {
 
 /// A failed request. `message` is the whole story in sentences (causes included), for a user;
 /// `field` names the request field at fault when there is one (`limits.memory`, `name`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error, utoipa::ToSchema,
+)]
 #[serde(deny_unknown_fields)]
 #[error("{message}")]
 pub struct Error {

@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 /// What an event is about.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum EventKind {
     /// An instance was created, started, stopped, deleted...
@@ -14,7 +14,7 @@ pub enum EventKind {
 }
 
 /// One event.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Event {
     /// What it is about.
     pub kind: EventKind,
@@ -28,7 +28,7 @@ pub struct Event {
 
 /// What the daemon's events websocket (`/1.0/events`) sends: operations as they change, and
 /// instances' lifecycle, as Incus's event stream does.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
 pub enum DaemonEvent {
     /// An operation began, progressed or ended.

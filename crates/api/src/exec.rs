@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 /// Run a command in a running instance. An empty `command` is a login shell: in a container,
 /// `/bin/bash -l`; in a VM, an SSH session.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct InstanceExec {
     /// The program and its arguments, not parsed by a shell (a VM's are quoted for its login
@@ -22,7 +22,7 @@ pub struct InstanceExec {
 }
 
 /// How a command ended.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ExecExit {
     /// Its exit status, or 128 + the signal that ended it. For a VM, 255 when SSH itself failed.
@@ -37,7 +37,7 @@ pub struct ExecExit {
 }
 
 /// Run a command in a new application container made from `image`, and wait for it.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct InstanceRun {
     /// Base image.
@@ -80,7 +80,7 @@ impl InstanceRun {
 }
 
 /// A piece of an instance's console log, from `offset`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LogChunk {
     /// The bytes from the asked offset (at most the asked length).

@@ -7,7 +7,7 @@ use std::net::Ipv4Addr;
 /// What an instance is: a QEMU virtual machine, or a container on the host's kernel (a system
 /// container, whose init is the image's systemd, or an application container from `berth run`,
 /// told apart by [`ContainerDetails::system`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum InstanceType {
     /// A VM.
@@ -26,7 +26,7 @@ impl std::fmt::Display for InstanceType {
 }
 
 /// Running or not, or not made yet.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Status {
     /// A command is making it now.
@@ -56,7 +56,7 @@ impl std::fmt::Display for Status {
 
 /// An instance's state and, when berth knows, why it is in it ("exited with 0", "the guest
 /// powered off", "its init ended outside berth").
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct State {
     /// Running, paused or stopped.
     pub state: Status,
@@ -66,7 +66,7 @@ pub struct State {
 }
 
 /// A VM's guest kind.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum GuestKind {
     /// Emulated hardware, no guest drivers.
@@ -88,7 +88,7 @@ impl std::fmt::Display for GuestKind {
 }
 
 /// A port forward: the host's port to the instance's.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Forward {
     /// Host port (on 127.0.0.1 for a VM).
@@ -98,7 +98,7 @@ pub struct Forward {
 }
 
 /// How to reach a VM over SSH.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Ssh {
     /// The login user berth made.
     pub user: String,
@@ -109,7 +109,7 @@ pub struct Ssh {
 }
 
 /// What is special to a VM.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct VmDetails {
     /// Guest kind.
     pub kind: GuestKind,
@@ -139,7 +139,7 @@ pub struct VmDetails {
 }
 
 /// Live usage of a running instance: a container's from its cgroup, a VM's from its QEMU process.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Usage {
     /// Memory in use.
     pub memory_bytes: Option<u64>,
@@ -154,7 +154,7 @@ pub struct Usage {
 }
 
 /// Bytes through a container's network link.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct NetBytes {
     /// Received by the container.
     pub received_bytes: u64,
@@ -163,7 +163,7 @@ pub struct NetBytes {
 }
 
 /// What is special to a container (system or application).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ContainerDetails {
     /// A system container (systemd as PID 1) rather than one command.
     pub system: bool,
@@ -176,6 +176,7 @@ pub struct ContainerDetails {
     pub network: String,
     /// Its address on berth0 (bridge networking).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, format = Ipv4)]
     pub address: Option<Ipv4Addr>,
     /// TCP forwards from the host.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -208,7 +209,7 @@ pub struct ContainerDetails {
 /// container's own details, flattened into one JSON object beside `type`. The details are
 /// absent only while the instance is being created, or when its creation was cut short before
 /// berth had written them.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Instance {
     /// Unique name on its host.
     pub name: String,

@@ -32,6 +32,6 @@ pub use request::{
     check_disk, check_name, Accel, ContainerCreate, InstanceCreate, InstanceDelete, InstanceSet,
     InstanceStateChange, Network, StateAction, VmCreate,
 };
-pub use response::{Response, ServerInfo};
+pub use response::{Nothing, Response, ServerInfo};
 pub use stream::StreamControl;
 pub use trust::{JoinToken, TrustAdd, TrustedClient};

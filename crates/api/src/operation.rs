@@ -8,7 +8,7 @@ use crate::instance::Instance;
 use serde::{Deserialize, Serialize};
 
 /// Where an operation is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum OperationStatus {
     /// Still at work.
@@ -32,7 +32,7 @@ impl OperationStatus {
 pub const OPERATION_EVENTS_MAX: usize = 200;
 
 /// One operation.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Operation {
     /// Its id (a UUID).

@@ -35,7 +35,7 @@ pub fn check_name(name: &str) -> Result<(), Error> {
 }
 
 /// The accelerator a VM asks for; none given means KVM when a probe shows it works, else TCG.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Accel {
     /// KVM, refused when the probe shows it cannot run guests.
@@ -45,7 +45,7 @@ pub enum Accel {
 }
 
 /// A container's network.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Network {
     /// Its own namespace with loopback only.
@@ -67,7 +67,7 @@ impl std::fmt::Display for Network {
 }
 
 /// What only a VM takes.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct VmCreate {
     /// vCPUs (default 2).
@@ -91,7 +91,7 @@ pub struct VmCreate {
 }
 
 /// What only a system container takes.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ContainerCreate {
     /// Limits as `berth set` takes them, in order: `memory=256M`, `cpus=0.5`,
@@ -107,7 +107,7 @@ pub struct ContainerCreate {
 }
 
 /// Make an instance and start it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct InstanceCreate {
     /// Its name.
@@ -197,7 +197,7 @@ impl InstanceCreate {
 }
 
 /// A state change.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum StateAction {
     /// Start a stopped instance.
@@ -226,7 +226,7 @@ impl std::fmt::Display for StateAction {
 }
 
 /// Change an instance's state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct InstanceStateChange {
     /// What to do.
@@ -243,7 +243,7 @@ pub struct InstanceStateChange {
 }
 
 /// Delete an instance.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct InstanceDelete {
     /// Delete it even while it runs.
@@ -252,7 +252,7 @@ pub struct InstanceDelete {
 }
 
 /// Change a container's limits while it runs (`none` lifts one).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct InstanceSet {
     /// `KEY=VALUE`, in order, as `berth set NAME KEY=VALUE...` takes them.

@@ -8,7 +8,7 @@ use crate::operation::Operation;
 use serde::{Deserialize, Serialize};
 
 /// The body of an answer.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
 pub enum Response<T> {
     /// Done; `metadata` is the result.
@@ -75,8 +75,13 @@ impl<T> Response<T> {
     }
 }
 
+/// The metadata of an answer that carries none: how the API's document names the envelope of
+/// an error or of an operation begun (`Response<Nothing>`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Nothing {}
+
 /// What `GET /1.0` says of the server.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ServerInfo {
     /// The API's version (`1.0`).

@@ -17,7 +17,7 @@ pub const STDOUT: u8 = 1;
 pub const STDERR: u8 = 2;
 
 /// A control message.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum StreamControl {
     /// Run this command (the client's first message).

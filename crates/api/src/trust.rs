@@ -7,7 +7,7 @@ use crate::error::Error;
 use serde::{Deserialize, Serialize};
 
 /// What a join token carries (given to the client as base64url of this JSON).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct JoinToken {
     /// The name the server gives the client.
@@ -52,7 +52,7 @@ impl JoinToken {
 }
 
 /// `POST /1.0/certificates`: trust the certificate this connection shows, by a token's secret.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TrustAdd {
     /// The token's secret.
@@ -60,7 +60,7 @@ pub struct TrustAdd {
 }
 
 /// A trusted client.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TrustedClient {
     /// Its name (from the token it joined with).

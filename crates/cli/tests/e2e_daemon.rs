@@ -336,3 +336,145 @@ fn a_cancelled_vm_create_leaves_nothing() {
     );
     assert_eq!((s, op["status"].as_str()), (202, Some("success")), "{op}");
 }
+
+/// 50 creates at once from two clients (one through the daemon, one in-process on the same
+/// data dir), with duplicate names among them and VMs racing containers for two names: each
+/// name ends up made once, every loser gets a conflict, the registry holds one machine-id per
+/// instance, and nothing runs that `list` does not show.
+#[test]
+fn fifty_concurrent_creates_from_two_clients_make_each_name_once() {
+    let _one = one_daemon();
+    e2e_image();
+    let state = e2e_dir();
+    let pid = std::process::id();
+    let d = Daemon::start(&state);
+    let c = Client::new();
+    c.run_ok(&[
+        "remote",
+        "add",
+        "d1",
+        &format!("unix://{}", d.socket().display()),
+    ]);
+    let n = |p: &str, i: usize| format!("cc{pid}-{p}{i}");
+    // (through the daemon?, name, VM?)
+    let mut plan: Vec<(bool, String, bool)> = Vec::new();
+    for i in 0..20 {
+        plan.push((true, n("a", i), false));
+    }
+    for i in 10..20 {
+        plan.push((false, n("a", i), false)); // 10 duplicates, from the other client
+    }
+    for i in 0..16 {
+        plan.push((false, n("b", i), false));
+    }
+    for i in 0..2 {
+        plan.push((true, n("r", i), true)); // a VM through the daemon ...
+        plan.push((false, n("r", i), false)); // ... racing a container in-process
+    }
+    assert_eq!(plan.len(), 50);
+    let mut names: Vec<String> = plan.iter().map(|p| p.1.clone()).collect();
+    names.sort();
+    names.dedup();
+    let _cleanup: Vec<Instance> = names
+        .iter()
+        .map(|n| Instance::named(&state, n.clone()))
+        .collect();
+
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(plan.len()));
+    let c = std::sync::Arc::new(c);
+    let threads: Vec<_> = plan
+        .iter()
+        .cloned()
+        .map(|(remote, name, vm)| {
+            let (barrier, c, state) = (barrier.clone(), c.clone(), state.clone());
+            std::thread::spawn(move || {
+                let target = if remote {
+                    format!("d1:{name}")
+                } else {
+                    name.clone()
+                };
+                let mut args = vec!["launch", "debian-12", target.as_str(), "--no-wait"];
+                if !vm {
+                    args.push("--container");
+                }
+                barrier.wait();
+                let out = if remote {
+                    c.run(&args)
+                } else {
+                    common::run(&state, &args)
+                };
+                (name, out)
+            })
+        })
+        .collect();
+    let results: Vec<(String, std::process::Output)> =
+        threads.into_iter().map(|t| t.join().unwrap()).collect();
+
+    let listed: Value = serde_json::from_str(&run_ok(&state, &["list", "--json"])).unwrap();
+    let listed: Vec<&Value> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| names.contains(&i["name"].as_str().unwrap_or_default().to_string()))
+        .collect();
+    for name in &names {
+        let made: Vec<_> = results
+            .iter()
+            .filter(|(n, o)| n == name && o.status.success())
+            .collect();
+        assert_eq!(made.len(), 1, "{name} was made {} times", made.len());
+        for (_, o) in results
+            .iter()
+            .filter(|(n, o)| n == name && !o.status.success())
+        {
+            let err = String::from_utf8_lossy(&o.stderr);
+            assert!(
+                err.contains("already exists") || err.contains("is busy"),
+                "a losing create of {name} did not fail with a conflict: {err}"
+            );
+        }
+        let rows: Vec<_> = listed
+            .iter()
+            .filter(|i| i["name"] == name.as_str())
+            .collect();
+        assert_eq!(rows.len(), 1, "{name} is listed {} times", rows.len());
+    }
+    // One machine-id per instance in the registry, none shared.
+    let audit: Value =
+        serde_json::from_str(&run_ok(&state, &["machine-id", "audit", "--json"])).unwrap();
+    for name in &names {
+        let ids: Vec<_> = audit["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["name"] == name.as_str() && e["kind"] != "image")
+            .collect();
+        assert_eq!(
+            ids.len(),
+            1,
+            "{name} has {} registered machine-ids",
+            ids.len()
+        );
+        assert_eq!(ids[0]["duplicate"], false, "{ids:?}");
+    }
+    // Nothing runs untracked: a QEMU only for a name listed as a VM.
+    for i in 0..2 {
+        let name = n("r", i);
+        let qemus = std::process::Command::new("pgrep")
+            .args(["-f", &format!("instances/{name}/")])
+            .output()
+            .unwrap();
+        let vm_listed = listed
+            .iter()
+            .any(|r| r["name"] == name.as_str() && r["type"] == "vm");
+        assert_eq!(
+            !qemus.stdout.is_empty(),
+            vm_listed,
+            "{name}: QEMU running {:?}, listed as a VM {vm_listed}",
+            String::from_utf8_lossy(&qemus.stdout)
+        );
+    }
+    for name in &names {
+        run_ok(&state, &["delete", "--force", name]);
+    }
+}

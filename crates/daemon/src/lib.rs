@@ -13,8 +13,9 @@ pub mod body;
 mod exec;
 pub mod https;
 pub mod metrics;
+pub mod openapi;
 pub mod ops;
-mod routes;
+pub(crate) mod routes;
 pub mod trust;
 pub mod worker;
 
