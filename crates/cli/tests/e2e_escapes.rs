@@ -8,15 +8,9 @@ use common::{e2e_dir, e2e_image};
 use std::process::{Command, Output, Stdio};
 
 fn ok_in(netns: Option<&str>, args: &[&str]) -> String {
-    let out = berth_in(netns, args);
-    assert!(
-        out.status.success(),
-        "berth {args:?} failed ({:?}):\n{}{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
+    common::stdout_of(args, berth_in(netns, args))
+        .trim()
+        .to_string()
 }
 
 fn berth_in(netns: Option<&str>, args: &[&str]) -> Output {

@@ -108,7 +108,7 @@ fn signal_group(pid: u32, signal: i32) {
 }
 
 async fn run(host: &Host, job: Job, ws: &mut WebSocket) -> Result<ExecExit, Error> {
-    let name = job_name(&job);
+    let name = job.instance().to_string();
     let run_dir = host.dirs.root.join("run");
     std::fs::create_dir_all(&run_dir)
         .map_err(|e| Error::internal(format!("creating {}: {e}", run_dir.display())))?;
@@ -198,15 +198,6 @@ async fn run(host: &Host, job: Job, ws: &mut WebSocket) -> Result<ExecExit, Erro
     };
     let _ = std::fs::remove_file(&answer);
     r
-}
-
-/// The instance a command job is about, for logs.
-fn job_name(job: &Job) -> String {
-    match job {
-        Job::Exec { name, .. } => name.clone(),
-        Job::Run { run } => run.name.clone().unwrap_or_else(|| "a new container".into()),
-        _ => String::new(),
-    }
 }
 
 /// Read what the pipe has (None at its end, or when there is no pipe: then never ready).

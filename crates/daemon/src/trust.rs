@@ -7,7 +7,6 @@
 use berth_api::{Error, JoinToken, TrustedClient};
 use berth_host::dirs::Dirs;
 use serde::{Deserialize, Serialize};
-use sha2::Digest;
 use std::path::{Path, PathBuf};
 
 /// How long a token is good for when no other time is given.
@@ -47,10 +46,7 @@ fn now() -> u64 {
 }
 
 fn sha256_hex(s: &str) -> String {
-    sha2::Sha256::digest(s.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    berth_tls::fingerprint(s.as_bytes())
 }
 
 fn internal(what: &str, path: &Path, e: impl std::fmt::Display) -> Error {
@@ -175,7 +171,7 @@ pub fn make_token(
     let fingerprint = server_identity(dirs)?.fingerprint();
     let mut raw = [0u8; 32];
     getrandom::getrandom(&mut raw).map_err(|e| Error::internal(format!("randomness: {e}")))?;
-    let secret: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+    let secret = berth_tls::hex(&raw);
     let expires_at = now().saturating_add(lifetime);
     locked(dirs, || {
         let mut t: TokenFile = read_json(&tokens_path(dirs))?;

@@ -65,6 +65,33 @@ pub enum Job {
     },
 }
 
+impl Job {
+    /// The instance it is about.
+    pub(crate) fn instance(&self) -> &str {
+        match self {
+            Job::Create { create } => &create.name,
+            Job::ChangeState { name, .. }
+            | Job::Delete { name, .. }
+            | Job::Set { name, .. }
+            | Job::Exec { name, .. } => name,
+            Job::Run { run } => run.name.as_deref().unwrap_or("(new)"),
+        }
+    }
+
+    /// What it does, in words.
+    pub(crate) fn description(&self) -> String {
+        let n = self.instance();
+        match self {
+            Job::Create { .. } => format!("creating instance {n}"),
+            Job::ChangeState { change, .. } => format!("{} instance {n}", change.action),
+            Job::Delete { .. } => format!("deleting instance {n}"),
+            Job::Set { .. } => format!("changing the limits of instance {n}"),
+            Job::Exec { .. } => format!("running a command in instance {n}"),
+            Job::Run { .. } => format!("running a command in a new container {n}"),
+        }
+    }
+}
+
 /// The environment variable an exec job comes in.
 pub const JOB_ENV: &str = "BERTH_WORKER_JOB";
 /// The environment variable naming the file an exec job's answer goes to.

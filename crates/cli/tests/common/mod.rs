@@ -17,7 +17,11 @@ pub fn run(state: &Path, args: &[&str]) -> Output {
 
 /// Run `berth ARGS` and return its stdout; panics with both outputs on failure.
 pub fn run_ok(state: &Path, args: &[&str]) -> String {
-    let out = run(state, args);
+    stdout_of(args, run(state, args))
+}
+
+/// The stdout of `berth ARGS`, which ended as `out`; panics with both outputs on failure.
+pub fn stdout_of(args: &[&str], out: Output) -> String {
     assert!(
         out.status.success(),
         "berth {args:?} failed ({:?}):\n{}{}",
@@ -252,12 +256,7 @@ impl Client {
 
     /// Run `berth ARGS` as this client.
     pub fn run(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_berth"))
-            .args(args)
-            .env("BERTH_DIR", self.data.path())
-            .env("BERTH_CONF", self.conf.path())
-            .output()
-            .expect("berth runs")
+        self.command().args(args).output().expect("berth runs")
     }
 
     /// Its config folder (where remotes.json and its TLS identity live).
@@ -276,10 +275,9 @@ impl Client {
     /// Run `berth ARGS` as this client with `input` on its standard input.
     pub fn run_input(&self, args: &[&str], input: &[u8]) -> Output {
         use std::io::Write;
-        let mut child = Command::new(env!("CARGO_BIN_EXE_berth"))
+        let mut child = self
+            .command()
             .args(args)
-            .env("BERTH_DIR", self.data.path())
-            .env("BERTH_CONF", self.conf.path())
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
@@ -297,15 +295,7 @@ impl Client {
 
     /// Run `berth ARGS` as this client and return its stdout; panics on failure.
     pub fn run_ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(
-            out.status.success(),
-            "berth {args:?} failed ({:?}):\n{}{}",
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        stdout_of(args, self.run(args))
     }
 }
 
@@ -395,11 +385,9 @@ impl SecondHost {
 
     /// Start its daemon (again) and wait until it answers on its socket.
     pub fn start_daemon(&mut self) {
-        let child = Command::new("nsenter")
-            .arg(format!("--net=/run/netns/{}", self.netns))
-            .arg(env!("CARGO_BIN_EXE_berth"))
+        let child = self
+            .command()
             .args(["daemon", "--listen", &self.address])
-            .env("BERTH_DIR", self.dir.path())
             .stdin(std::process::Stdio::null())
             .spawn()
             .expect("the second host's daemon starts");
@@ -427,24 +415,21 @@ impl SecondHost {
     /// `berth ARGS` on the host itself: in-process, its data dir, in its network namespace
     /// (entered with nsenter: `ip netns exec` would remount /sys and hide the cgroup hierarchy).
     pub fn run(&self, args: &[&str]) -> Output {
-        Command::new("nsenter")
-            .arg(format!("--net=/run/netns/{}", self.netns))
+        self.command().args(args).output().expect("berth runs")
+    }
+
+    /// `berth` on the host, in its network namespace, to be given its arguments.
+    fn command(&self) -> Command {
+        let mut c = Command::new("nsenter");
+        c.arg(format!("--net=/run/netns/{}", self.netns))
             .arg(env!("CARGO_BIN_EXE_berth"))
-            .args(args)
-            .env("BERTH_DIR", self.dir.path())
-            .output()
-            .expect("berth runs")
+            .env("BERTH_DIR", self.dir.path());
+        c
     }
 
     /// [`SecondHost::run`], insisting on success: its stdout.
     pub fn run_ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(
-            out.status.success(),
-            "berth {args:?} on the second host failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        stdout_of(args, self.run(args))
     }
 }
 

@@ -4,33 +4,6 @@
 use super::*;
 use berth_api::{Instance, LogChunk};
 
-impl Job {
-    /// The instance it is about.
-    fn instance(&self) -> &str {
-        match self {
-            Job::Create { create } => &create.name,
-            Job::ChangeState { name, .. }
-            | Job::Delete { name, .. }
-            | Job::Set { name, .. }
-            | Job::Exec { name, .. } => name,
-            Job::Run { run } => run.name.as_deref().unwrap_or("(new)"),
-        }
-    }
-
-    /// What it does, in words.
-    fn description(&self) -> String {
-        let n = self.instance();
-        match self {
-            Job::Create { .. } => format!("creating instance {n}"),
-            Job::ChangeState { change, .. } => format!("{} instance {n}", change.action),
-            Job::Delete { .. } => format!("deleting instance {n}"),
-            Job::Set { .. } => format!("changing the limits of instance {n}"),
-            Job::Exec { .. } => format!("running a command in instance {n}"),
-            Job::Run { .. } => format!("running a command in a new container {n}"),
-        }
-    }
-}
-
 /// Check a changing request against the host as it is (no such instance; a create of a name
 /// that is taken), so that these are answered at once; races between requests are settled by
 /// the executor's locks in the worker.
