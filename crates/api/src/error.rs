@@ -102,6 +102,12 @@ impl Error {
     pub fn from_chain(kind: ErrorKind, e: &(dyn std::error::Error + 'static)) -> Error {
         Error::new(kind, chain_message(e))
     }
+
+    /// The same error, naming `field` as the one at fault.
+    pub fn on(mut self, field: impl Into<String>) -> Error {
+        self.field = Some(field.into());
+        self
+    }
 }
 
 /// `e` and its causes on one line, each cause once (see [`Error::from_chain`]).

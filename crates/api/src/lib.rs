@@ -12,6 +12,7 @@ pub mod blob;
 pub mod error;
 pub mod event;
 pub mod exec;
+pub mod image;
 pub mod instance;
 pub mod operation;
 pub mod request;
@@ -23,6 +24,7 @@ pub use blob::Blob;
 pub use error::{Error, ErrorKind};
 pub use event::{DaemonEvent, Event, EventKind};
 pub use exec::{ExecExit, InstanceExec, InstanceRun, LogChunk};
+pub use image::{Image, ImageBuild, ImageSource};
 pub use instance::{
     ContainerDetails, Forward, GuestKind, Instance, InstanceType, NetBytes, Ssh, State, Status,
     Usage, VmDetails,

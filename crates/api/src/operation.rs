@@ -4,6 +4,7 @@
 
 use crate::error::Error;
 use crate::event::Event;
+use crate::image::Image;
 use crate::instance::Instance;
 use serde::{Deserialize, Serialize};
 
@@ -52,6 +53,9 @@ pub struct Operation {
     /// The instance as a create left it, once it has succeeded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub instance: Option<Instance>,
+    /// The image as a build or an import left it, once it has succeeded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<Image>,
     /// Why it failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<Error>,
@@ -63,9 +67,25 @@ impl Operation {
     /// What it ended with: nothing or the instance it made, or its error (a cancelled one's
     /// too).
     pub fn outcome(self) -> Result<Option<Instance>, Error> {
-        match (self.status, self.error) {
-            (OperationStatus::Success, _) => Ok(self.instance),
-            (_, Some(e)) => Err(e),
+        self.ended()?;
+        Ok(self.instance)
+    }
+
+    /// What an image's build or import ended with: the image, or its error.
+    pub fn image_outcome(self) -> Result<Image, Error> {
+        self.ended()?;
+        let id = self.id.clone();
+        self.image.ok_or_else(|| {
+            Error::internal(format!(
+                "operation {id} succeeded but did not say what image it made"
+            ))
+        })
+    }
+
+    fn ended(&self) -> Result<(), Error> {
+        match (self.status, &self.error) {
+            (OperationStatus::Success, _) => Ok(()),
+            (_, Some(e)) => Err(e.clone()),
             (s, None) => Err(Error::internal(format!(
                 "operation {} ended {s:?} with no error",
                 self.id
@@ -89,6 +109,7 @@ mod tests {
             resources: vec!["/1.0/instances/web".into()],
             events: vec![],
             instance: None,
+            image: None,
             error: Some(Error::conflict("web exists")),
             may_cancel: true,
         };

@@ -4,12 +4,13 @@
 
 use crate::remote::Target;
 use berth_api::{
-    Error, Event, ExecExit, Instance, InstanceCreate, InstanceDelete, InstanceExec, InstanceRun,
-    InstanceSet, InstanceStateChange, InstanceType, LogChunk,
+    Error, Event, ExecExit, Image, ImageBuild, Instance, InstanceCreate, InstanceDelete,
+    InstanceExec, InstanceRun, InstanceSet, InstanceStateChange, InstanceType, LogChunk,
 };
-use berth_host::executor::Executor;
+use berth_host::executor::{Executor, ImportFiles};
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
 
 /// Instance requests, answered by an executor in this process or on another host.
 pub trait Client {
@@ -40,6 +41,30 @@ pub trait Client {
     fn console_log(&self, name: &str, offset: u64) -> Result<LogChunk, Error>;
     /// The instance's console, as a stream to read from and one to write to.
     fn console(&self, name: &str) -> Result<Console, Error>;
+    /// Every image.
+    fn images(&self) -> Result<Vec<Image>, Error>;
+    /// Remove an image.
+    fn image_delete(&self, name: &str) -> Result<(), Error>;
+    /// Build an image; `events` gets its progress.
+    fn image_build(&self, r: &ImageBuild, events: &mut dyn FnMut(Event)) -> Result<Image, Error>;
+    /// Import a disk of this machine (with a kernel and initrd, or not) as image `name`.
+    fn image_import(
+        &self,
+        name: &str,
+        disk: &Disk<'_>,
+        events: &mut dyn FnMut(Event),
+    ) -> Result<Image, Error>;
+}
+
+/// A disk to import, on this machine.
+#[derive(Debug, Clone, Copy)]
+pub struct Disk<'a> {
+    /// The disk (qcow2 or raw).
+    pub file: &'a Path,
+    /// Its kernel and initrd, or none (read out of the disk).
+    pub boot: Option<(&'a Path, &'a Path)>,
+    /// Folders its backing files may be in, besides its own.
+    pub allow: &'a [PathBuf],
 }
 
 /// Both ends of a console connection.
@@ -88,6 +113,31 @@ impl Client for Executor {
     }
     fn console(&self, name: &str) -> Result<Console, Error> {
         console_of(name, Executor::console(self, name)?)
+    }
+    fn images(&self) -> Result<Vec<Image>, Error> {
+        Executor::images(self)
+    }
+    fn image_delete(&self, name: &str) -> Result<(), Error> {
+        Executor::image_delete(self, name)
+    }
+    fn image_build(&self, r: &ImageBuild, events: &mut dyn FnMut(Event)) -> Result<Image, Error> {
+        Executor::image_build(self, r, events)
+    }
+    fn image_import(
+        &self,
+        name: &str,
+        disk: &Disk<'_>,
+        events: &mut dyn FnMut(Event),
+    ) -> Result<Image, Error> {
+        let files = ImportFiles {
+            disk: disk.file.to_path_buf(),
+            kernel: disk.boot.map(|(k, _)| k.to_path_buf()),
+            initrd: disk.boot.map(|(_, i)| i.to_path_buf()),
+            from: disk.file.display().to_string(),
+            allow: disk.allow.to_vec(),
+            store_backing: true,
+        };
+        Executor::image_import(self, name, &files, events)
     }
 }
 
@@ -152,6 +202,31 @@ impl Client for berth_client::Remote {
     }
     fn console(&self, name: &str) -> Result<Console, Error> {
         console_of(name, berth_client::Remote::console(self, name)?)
+    }
+    fn images(&self) -> Result<Vec<Image>, Error> {
+        berth_client::Remote::images(self)
+    }
+    fn image_delete(&self, name: &str) -> Result<(), Error> {
+        berth_client::Remote::image_delete(self, name)
+    }
+    fn image_build(&self, r: &ImageBuild, events: &mut dyn FnMut(Event)) -> Result<Image, Error> {
+        berth_client::Remote::image_build(self, r, events)
+    }
+    fn image_import(
+        &self,
+        name: &str,
+        disk: &Disk<'_>,
+        events: &mut dyn FnMut(Event),
+    ) -> Result<Image, Error> {
+        // A disk on backing files goes as one (the server takes no backing files from a
+        // client), written to a scratch folder first.
+        let flat = crate::image::standalone(disk.file, disk.allow)?;
+        let upload = berth_client::Upload {
+            disk: flat.as_ref().map_or(disk.file, |f| f.path()),
+            boot: disk.boot,
+            from: &disk.file.display().to_string(),
+        };
+        berth_client::Remote::image_import(self, name, upload, events)
     }
 }
 

@@ -1,13 +1,15 @@
 //! `berth image ...`: base images in berth's store.
 
-use crate::output::{dirs, print_json};
+use crate::client::{self, Disk};
+use crate::output::print_json;
 use crate::Status;
-use anyhow::Result;
+use anyhow::{Context, Result};
+use berth_api::{Event, Image, ImageBuild, ImageSource};
 use berth_disk::units::{human_size, parse_size};
-use berth_host::images::{Phase, Store};
 use clap::Subcommand;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
 
 #[derive(Debug, Subcommand)]
 #[command(defer = true)]
@@ -21,6 +23,8 @@ pub enum ImageCommand {
     Build {
         /// What to build (debian-12).
         recipe: String,
+        /// Where to build it: `REMOTE:` (a daemon's host), or `REMOTE:NAME` (default: here).
+        target: Option<String>,
         /// Image name (default: the recipe name).
         #[arg(long)]
         name: Option<String>,
@@ -35,10 +39,12 @@ pub enum ImageCommand {
     ///
     /// The kernel and initrd are the given files, or the newest /boot/vmlinuz-* and its
     /// initrd.img-* read out of the image without mounting it. The disk is stored as qcow2.
+    /// To a remote (`--name REMOTE:NAME`) the disk and kernel are sent to its daemon (a disk
+    /// on backing files is sent as one).
     Import {
         /// The disk image.
         file: std::path::PathBuf,
-        /// Image name.
+        /// Image name, `REMOTE:NAME` for a daemon's host.
         #[arg(long)]
         name: String,
         /// Kernel for direct boot.
@@ -53,77 +59,141 @@ pub enum ImageCommand {
     },
     /// List images.
     List {
+        /// `REMOTE:` (default: the default remote).
+        remote: Option<String>,
         /// Print JSON.
         #[arg(long)]
         json: bool,
     },
-    /// Remove an image.
+    /// Remove an image (refused while instances are made from it).
     Rm {
-        /// Image name.
+        /// Image name, `REMOTE:NAME` for a daemon's host.
         name: String,
     },
 }
 
+/// A spinner on stderr (hidden when it is not a terminal) that shows each progress event.
+fn spinner() -> ProgressBar {
+    let pb = if std::io::stderr().is_terminal() {
+        ProgressBar::new_spinner()
+    } else {
+        ProgressBar::hidden()
+    };
+    pb.set_style(
+        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {prefix:<12} {wide_msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+    );
+    pb.enable_steady_tick(std::time::Duration::from_millis(120));
+    pb
+}
+
+fn show(pb: &ProgressBar, ev: &Event) {
+    match ev.message.split_once(": ") {
+        Some((step, line)) if !step.contains(' ') => {
+            pb.set_prefix(step.to_string());
+            pb.set_message(line.to_string());
+        }
+        _ => pb.set_message(ev.message.clone()),
+    }
+}
+
+/// A disk's own copy without backing files, when it has them (in a scratch folder that goes
+/// with the answer).
+pub(crate) struct Standalone {
+    scratch: PathBuf,
+    file: PathBuf,
+}
+
+impl Standalone {
+    pub(crate) fn path(&self) -> &Path {
+        &self.file
+    }
+}
+
+impl Drop for Standalone {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.scratch);
+    }
+}
+
+/// `file` as one image: none when it has no backing file, else a standalone qcow2 copy.
+pub(crate) fn standalone(
+    file: &Path,
+    allow: &[PathBuf],
+) -> Result<Option<Standalone>, berth_api::Error> {
+    let policy = berth_disk::BackingPolicy::new(None, allow.to_vec());
+    let bad = |e: berth_disk::Error| {
+        berth_api::Error::invalid("file", format!("{}: {e}", file.display()))
+    };
+    let chain = berth_disk::ops::info(file, None, true, &policy).map_err(bad)?;
+    if chain.len() < 2 {
+        return Ok(None);
+    }
+    let scratch = std::env::temp_dir().join(format!("berth-upload-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&scratch);
+    std::fs::create_dir_all(&scratch)
+        .map_err(|e| berth_api::Error::internal(format!("making {}: {e}", scratch.display())))?;
+    let out = Standalone {
+        file: scratch.join("disk.qcow2"),
+        scratch,
+    };
+    berth_disk::ops::convert(
+        &berth_disk::ops::ConvertOptions::new(file, out.path(), berth_disk::Format::Qcow2),
+        &policy,
+        &mut |_, _| {},
+    )
+    .map_err(bad)?;
+    Ok(Some(out))
+}
+
+/// `REMOTE:NAME`, `REMOTE:` or `NAME` as an image's target: its client and name, if any.
+fn target(raw: &str) -> Result<(Box<dyn client::Client>, Option<String>)> {
+    let (c, name) = client::target(raw)?;
+    Ok((c, Some(name).filter(|n| !n.is_empty())))
+}
+
+fn describe(i: &Image) -> String {
+    format!("{} {}, {}", i.os, i.release, human_size(i.size))
+}
+
 pub fn run(cmd: ImageCommand) -> Result<Status> {
-    let store = Store::new(&dirs()?);
     match cmd {
         ImageCommand::Build {
             recipe,
+            target: at,
             name,
             size,
             mirror,
         } => {
             // A build is minutes of work: it finishes whether or not anyone still reads.
             berth_container::direct::ignore_sigpipe();
-            let name = name.unwrap_or_else(|| recipe.clone());
-            let mirror = mirror
-                .or_else(|| {
-                    std::env::var("BERTH_DEBIAN_MIRROR")
-                        .ok()
-                        .filter(|m| !m.is_empty())
-                })
-                .unwrap_or_else(|| "http://deb.debian.org/debian".into());
-            let pb = if std::io::stderr().is_terminal() {
-                ProgressBar::new_spinner()
-            } else {
-                ProgressBar::hidden()
+            let (c, named) = match &at {
+                Some(t) => target(t)?,
+                None => (client::local()?, None),
             };
-            pb.set_style(
-                ProgressStyle::with_template(
-                    "{spinner} [{elapsed_precise}] {prefix:<12} {wide_msg}",
-                )
-                .unwrap_or_else(|_| ProgressStyle::default_spinner()),
-            );
-            pb.enable_steady_tick(std::time::Duration::from_millis(120));
-            let started = std::time::Instant::now();
-            let (meta, cached) =
-                store.build(&recipe, &name, size, &mirror, &mut |phase, line| {
-                    let p = match phase {
-                        Phase::Bootstrap => "debootstrap",
-                        Phase::Configure => "configure",
-                        Phase::Filesystem => "filesystem",
-                        Phase::Convert => "qcow2",
-                        Phase::Finish => "finish",
-                    };
-                    pb.set_prefix(p);
-                    pb.set_message(line.to_string());
-                })?;
+            let r = ImageBuild {
+                recipe,
+                name: name.or(named),
+                size: Some(size),
+                mirror,
+            };
+            let pb = spinner();
+            let started = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs() as i64);
+            let clock = std::time::Instant::now();
+            let image = c.image_build(&r, &mut |ev| show(&pb, &ev))?;
             pb.finish_and_clear();
-            if cached {
-                crate::output::tell!(
-                    "Image {} is up to date (recipe {}).",
-                    meta.name,
-                    meta.recipe
-                );
-            } else {
-                crate::output::tell!(
-                    "Built image {} ({} {}, {}) in {:.0} s.",
-                    meta.name,
-                    meta.os,
-                    meta.release,
-                    human_size(meta.size),
-                    started.elapsed().as_secs_f64()
-                );
+            match &image.source {
+                ImageSource::Built { recipe } if image.created_at < started => {
+                    crate::output::tell!("Image {} is up to date (recipe {recipe}).", image.name)
+                }
+                _ => crate::output::tell!(
+                    "Built image {} ({}) in {:.0} s.",
+                    image.name,
+                    describe(&image),
+                    clock.elapsed().as_secs_f64()
+                ),
             }
             Ok(Status(0))
         }
@@ -134,56 +204,54 @@ pub fn run(cmd: ImageCommand) -> Result<Status> {
             initrd,
             allow,
         } => {
-            let policy = berth_disk::BackingPolicy::new(Some(store.dir.clone()), allow);
-            let meta = store.import(&file, &name, kernel.as_deref(), initrd.as_deref(), &policy)?;
+            let (c, named) = target(&name)?;
+            let name = named.context("no image name given (--name NAME or REMOTE:NAME)")?;
+            let disk = Disk {
+                file: &file,
+                boot: kernel.as_deref().zip(initrd.as_deref()),
+                allow: &allow,
+            };
+            let pb = spinner();
+            pb.set_message(format!("importing {}", file.display()));
+            let image = c.image_import(&name, &disk, &mut |ev| show(&pb, &ev))?;
+            pb.finish_and_clear();
             println!(
-                "Imported {} as image {} ({} {}, root {}).",
+                "Imported {} as image {} ({}, kernel {}).",
                 file.display(),
-                meta.name,
-                meta.os,
-                meta.release,
-                meta.root.as_deref().unwrap_or("?")
+                image.name,
+                describe(&image),
+                image.kernel.as_deref().unwrap_or("?")
             );
             Ok(Status(0))
         }
-        ImageCommand::List { json } => {
-            let images = store.list()?;
+        ImageCommand::List { remote, json } => {
+            let images = client::remote(remote.as_deref())?.images()?;
             if json {
                 print_json(&images)?;
             } else {
                 println!(
-                    "{:<20} {:<8} {:<8} {:<10} {:<10} SHA256",
-                    "NAME", "OS", "RELEASE", "ARCH", "SIZE"
+                    "{:<20} {:<8} {:<8} {:<10} {:<10} {:<17} USED BY",
+                    "NAME", "OS", "RELEASE", "ARCH", "SIZE", "FINGERPRINT"
                 );
                 for m in &images {
                     println!(
-                        "{:<20} {:<8} {:<8} {:<10} {:<10} {}",
+                        "{:<20} {:<8} {:<8} {:<10} {:<10} {:<17} {}",
                         m.name,
                         m.os,
                         m.release,
                         m.arch,
                         human_size(m.size),
-                        &m.sha256[..16.min(m.sha256.len())]
+                        &m.fingerprint[..16.min(m.fingerprint.len())],
+                        m.used_by.join(",")
                     );
                 }
             }
             Ok(Status(0))
         }
         ImageCommand::Rm { name } => {
-            // Overlays and container layers sit on the image: removing it would lose them.
-            let users: Vec<String> = crate::client::local()?
-                .list()?
-                .into_iter()
-                .filter(|i| i.image == name)
-                .map(|i| i.name)
-                .collect();
-            if !users.is_empty() {
-                anyhow::bail!(
-                    "image {name} is in use by {}; delete them first (nothing was removed)",
-                    users.join(", ")
-                );
-            }
-            store.remove(&name)?;
+            let (c, named) = target(&name)?;
+            let name = named.context("no image name given")?;
+            c.image_delete(&name)?;
             println!("Removed image {name}.");
             Ok(Status(0))
         }

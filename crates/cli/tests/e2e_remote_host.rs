@@ -46,6 +46,11 @@ const GUARDED: &[(&str, &str)] = &[
     ("GET", "/1.0/instances/web/exec"),
     ("GET", "/1.0/instances/web/console"),
     ("GET", "/1.0/run"),
+    ("GET", "/1.0/images"),
+    ("POST", "/1.0/images"),
+    ("GET", "/1.0/images/debian-12"),
+    ("PUT", "/1.0/images/debian-12"),
+    ("DELETE", "/1.0/images/debian-12"),
     ("GET", "/1.0/operations"),
     ("GET", "/1.0/operations/x/wait"),
     ("DELETE", "/1.0/operations/x"),
@@ -84,6 +89,37 @@ fn a_second_host_is_joined_and_its_guests_managed_over_https() {
     assert!(String::from_utf8_lossy(&again.stderr).contains("join token"));
     let trusted: Value = serde_json::from_str(&h.run_ok(&["trust", "list", "--json"])).unwrap();
     assert_eq!(trusted[0]["name"], "laptop", "{trusted}");
+
+    // The image, sent there: the disk goes over the TLS connection, the kernel is read out of
+    // it on the second host, and the fingerprint tells the copy from another image.
+    let disk = common::e2e_dir().join("images/debian-12/disk.qcow2");
+    let disk = disk.to_str().unwrap();
+    let out = c.run_ok(&["image", "import", disk, "--name", "h2:debian-12"]);
+    assert!(out.contains("as image debian-12"), "{out}");
+    let again = c.run(&["image", "import", disk, "--name", "h2:debian-12"]);
+    assert!(!again.status.success());
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("already has an image"),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    let images: Value =
+        serde_json::from_str(&c.run_ok(&["image", "list", "h2:", "--json"])).unwrap();
+    assert_eq!(images[0]["name"], "debian-12", "{images}");
+    assert_eq!(images[0]["source"]["kind"], "imported", "{images}");
+    assert_eq!(images[0]["source"]["from"], disk, "{images}");
+    assert!(
+        images[0]["kernel"].as_str().unwrap().contains("amd64"),
+        "{images}"
+    );
+    let listed = h.run_ok(&["image", "list", "--json"]);
+    assert!(listed.contains("\"debian-12\""), "{listed}");
+    assert!(
+        std::fs::read_dir(h.dir.path().join("images"))
+            .unwrap()
+            .all(|e| !e.unwrap().file_name().to_string_lossy().starts_with('.')),
+        "the upload left a work folder"
+    );
 
     // A system container there.
     let t = format!("h2:{ct}");
@@ -227,9 +263,17 @@ fn a_second_host_is_joined_and_its_guests_managed_over_https() {
         assert_eq!(i["state"]["state"], "running", "{i}");
     }
 
+    // The image is kept while guests are made from it.
+    let out = c.run(&["image", "rm", "h2:debian-12"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("in use by"));
     c.run_ok(&["stop", &t]);
     c.run_ok(&["delete", &t]);
     c.run_ok(&["delete", "--force", &tv]);
     let there: Value = serde_json::from_str(&h.run_ok(&["list", "--json"])).unwrap();
     assert_eq!(there, serde_json::json!([]), "{there}");
+    c.run_ok(&["image", "rm", "h2:debian-12"]);
+    let images: Value =
+        serde_json::from_str(&c.run_ok(&["image", "list", "h2:", "--json"])).unwrap();
+    assert_eq!(images, serde_json::json!([]));
 }

@@ -6,6 +6,7 @@
 //! Transport: HTTP/1.1 over the daemon's unix socket (`unix:///var/lib/berth/berth.sock`).
 
 mod exec;
+mod images;
 mod transport;
 
 use berth_api::{
@@ -18,6 +19,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use exec::Streams;
+pub use images::Upload;
 pub use transport::{client_identity, Endpoint};
 
 /// How long one `/wait` call waits before the client looks for new progress.
@@ -90,6 +92,23 @@ impl Remote {
         self.call(method, path, body)?.into_result()
     }
 
+    /// Send a changing request: the operation it begins.
+    fn begin(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&impl Serialize>,
+    ) -> Result<Operation, Error> {
+        match self.call::<serde_json::Value>(method, path, body)? {
+            Response::Async { metadata, .. } => Ok(*metadata),
+            Response::Error { error, .. } => Err(error),
+            Response::Sync { .. } => Err(Error::internal(format!(
+                "{} answered {method} {path} at once where an operation was expected",
+                self.endpoint
+            ))),
+        }
+    }
+
     /// Send a changing request and follow the operation it begins to its end, passing its
     /// progress to `events`.
     fn operate(
@@ -99,16 +118,7 @@ impl Remote {
         body: Option<&impl Serialize>,
         events: &mut dyn FnMut(Event),
     ) -> Result<Option<Instance>, Error> {
-        let op = match self.call::<serde_json::Value>(method, path, body)? {
-            Response::Async { metadata, .. } => *metadata,
-            Response::Error { error, .. } => return Err(error),
-            Response::Sync { .. } => {
-                return Err(Error::internal(format!(
-                    "{} answered {method} {path} at once where an operation was expected",
-                    self.endpoint
-                )))
-            }
-        };
+        let op = self.begin(method, path, body)?;
         self.follow(op, events)?.outcome()
     }
 

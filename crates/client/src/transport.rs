@@ -115,13 +115,31 @@ pub async fn connect(endpoint: &Endpoint) -> Result<Box<dyn Io>, Error> {
     }
 }
 
-/// `METHOD path` with `body` to `endpoint`: the HTTP status and the answer's bytes.
+/// `METHOD path` with `body` (JSON) to `endpoint`: the HTTP status and the answer's bytes.
 pub async fn send(
     endpoint: &Endpoint,
     method: &str,
     path: &str,
     body: Option<Vec<u8>>,
 ) -> Result<(u16, Bytes), Error> {
+    let json = body.is_some().then_some("application/json");
+    let body = Full::new(Bytes::from(body.unwrap_or_default()));
+    send_body(endpoint, method, path, json, body).await
+}
+
+/// `METHOD path` with `body` of `content_type` (streamed as it comes) to `endpoint`: the HTTP
+/// status and the answer's bytes.
+pub async fn send_body<B>(
+    endpoint: &Endpoint,
+    method: &str,
+    path: &str,
+    content_type: Option<&str>,
+    body: B,
+) -> Result<(u16, Bytes), Error>
+where
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let unreachable =
         |e: &dyn std::fmt::Display| Error::internal(format!("{endpoint} cannot be reached: {e}"));
     let stream = connect(endpoint).await?;
@@ -133,11 +151,11 @@ pub async fn send(
         .method(method)
         .uri(path)
         .header(hyper::header::HOST, "berth");
-    if body.is_some() {
-        req = req.header(hyper::header::CONTENT_TYPE, "application/json");
+    if let Some(t) = content_type {
+        req = req.header(hyper::header::CONTENT_TYPE, t);
     }
     let req = req
-        .body(Full::new(Bytes::from(body.unwrap_or_default())))
+        .body(body)
         .map_err(|e| Error::internal(format!("making the request {method} {path}: {e}")))?;
     let res = sender
         .send_request(req)

@@ -8,7 +8,7 @@ use utoipa::OpenApi;
 #[openapi(
     info(
         title = "berth",
-        description = "berth's REST API: instances, operations, events, trust."
+        description = "berth's REST API: instances, images, operations, events, trust."
     ),
     paths(
         crate::routes::server::server,
@@ -22,6 +22,11 @@ use utoipa::OpenApi;
         crate::routes::instances::exec,
         crate::routes::instances::run,
         crate::routes::instances::console,
+        crate::routes::images::images,
+        crate::routes::images::image_info,
+        crate::routes::images::build,
+        crate::routes::images::import,
+        crate::routes::images::image_delete,
         crate::routes::server::operations,
         crate::routes::server::operation,
         crate::routes::server::wait,

@@ -48,6 +48,17 @@ fn now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
+/// What a successful operation made.
+#[derive(Debug)]
+pub enum Made {
+    /// Nothing to show (a state change, a delete).
+    Nothing,
+    /// An instance (a create).
+    Instance(Box<Instance>),
+    /// An image (a build, an import).
+    Image(Box<berth_api::Image>),
+}
+
 impl Operations {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Slot>> {
         // A panic while the map was held leaves it consistent (each change is one insert or
@@ -72,6 +83,7 @@ impl Operations {
             resources,
             events: Vec::new(),
             instance: None,
+            image: None,
             error: None,
             may_cancel,
         };
@@ -160,7 +172,7 @@ impl Operations {
     }
 
     /// It ended with `r` (cancelled if a client asked, whatever the worker answered).
-    pub fn finish(&self, id: &str, r: Result<Option<Instance>, Error>) {
+    pub fn finish(&self, id: &str, r: Result<Made, Error>) {
         let cancelled = {
             let mut map = self.lock();
             let Some(s) = map.get_mut(id) else { return };
@@ -176,9 +188,13 @@ impl Operations {
                     op.id, op.description
                 )));
             }
-            (false, Ok(instance)) => {
+            (false, Ok(made)) => {
                 op.status = OperationStatus::Success;
-                op.instance = instance;
+                match made {
+                    Made::Nothing => {}
+                    Made::Instance(i) => op.instance = Some(*i),
+                    Made::Image(i) => op.image = Some(*i),
+                }
             }
             (false, Err(e)) => {
                 op.status = OperationStatus::Failure;
@@ -310,7 +326,7 @@ mod tests {
         let mut created = ev("created");
         created.kind = EventKind::Lifecycle;
         ops.progress(&op.id, created);
-        ops.finish(&op.id, Ok(None));
+        ops.finish(&op.id, Ok(Made::Nothing));
         let mut seen = Vec::new();
         while let Ok(e) = rx.try_recv() {
             seen.push(match e {
@@ -328,7 +344,7 @@ mod tests {
         assert_eq!(ops.cancel(&op.id).unwrap(), None);
         // The worker starts after the cancel: it is told to stop at once.
         assert!(ops.running_in(&op.id, 42));
-        ops.finish(&op.id, Ok(None));
+        ops.finish(&op.id, Ok(Made::Nothing));
         let done = ops.get(&op.id).unwrap();
         assert_eq!(done.status, OperationStatus::Cancelled);
         assert!(done.error.unwrap().message.contains("cancelled"));

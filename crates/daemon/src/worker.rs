@@ -7,15 +7,15 @@
 //! executor leaves it (with its lock, its row, and what `list` shows).
 
 use berth_api::{
-    Error, Event, InstanceCreate, InstanceDelete, InstanceExec, InstanceRun, InstanceSet,
-    InstanceStateChange, Response,
+    Error, Event, ImageBuild, InstanceCreate, InstanceDelete, InstanceExec, InstanceRun,
+    InstanceSet, InstanceStateChange, Response,
 };
 use berth_host::dirs::Dirs;
 use berth_host::executor::Executor;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::io::{BufRead, Read, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 /// One request for a worker.
@@ -63,19 +63,51 @@ pub enum Job {
         /// The request.
         exec: InstanceExec,
     },
+    /// Build an image.
+    ImageBuild {
+        /// The request.
+        build: ImageBuild,
+    },
+    /// Import, as image `name`, the archive the daemon received into the folder `upload`
+    /// (removed afterwards).
+    ImageImport {
+        /// The image.
+        name: String,
+        /// The folder the archive's files are in.
+        upload: PathBuf,
+        /// What the client said the disk came from.
+        from: String,
+    },
 }
 
 impl Job {
-    /// The instance it is about.
+    /// The instance (or image) it is about.
     pub(crate) fn instance(&self) -> &str {
         match self {
             Job::Create { create } => &create.name,
             Job::ChangeState { name, .. }
             | Job::Delete { name, .. }
             | Job::Set { name, .. }
-            | Job::Exec { name, .. } => name,
+            | Job::Exec { name, .. }
+            | Job::ImageImport { name, .. } => name,
             Job::Run { run } => run.name.as_deref().unwrap_or("(new)"),
+            Job::ImageBuild { build } => build.image_name(),
         }
+    }
+
+    /// Whether it is about an image (else an instance).
+    pub(crate) fn is_image(&self) -> bool {
+        matches!(self, Job::ImageBuild { .. } | Job::ImageImport { .. })
+    }
+
+    /// The API's path of what it works on.
+    pub(crate) fn resource(&self) -> String {
+        let kind = if self.is_image() {
+            "images"
+        } else {
+            "instances"
+        };
+        format!("/1.0/{kind}/{}", self.instance())
     }
 
     /// What it does, in words.
@@ -88,6 +120,8 @@ impl Job {
             Job::Set { .. } => format!("changing the limits of instance {n}"),
             Job::Exec { .. } => format!("running a command in instance {n}"),
             Job::Run { .. } => format!("running a command in a new container {n}"),
+            Job::ImageBuild { build } => format!("building image {n} ({})", build.recipe),
+            Job::ImageImport { .. } => format!("importing image {n}"),
         }
     }
 }
@@ -119,6 +153,13 @@ fn perform_here(ex: &Executor, job: &Job, events: &mut dyn FnMut(Event)) -> Resu
         Job::Set { name, set } => value(ex.set(name, set)),
         Job::Exec { name, exec } => value(ex.exec(name, exec)),
         Job::Run { run } => value(ex.run(run)),
+        Job::ImageBuild { build } => value(ex.image_build(build, events)),
+        Job::ImageImport { name, upload, from } => {
+            let files = berth_host::images::archive::files_in(upload, from.clone());
+            let r = ex.image_import(name, &files, events);
+            let _ = std::fs::remove_dir_all(upload);
+            value(r)
+        }
     }
 }
 

@@ -19,7 +19,9 @@ use berth_state::{InstanceRow, StateError, Store};
 use std::time::{Duration, Instant};
 
 mod commands;
+mod images;
 pub use commands::{shell_quote, LOG_CHUNK_MAX};
+pub use images::{ImportFiles, DEFAULT_MIRROR};
 
 /// How long a stop waits for the guest when the request names no timeout.
 const STOP_TIMEOUT: Duration = Duration::from_secs(120);

@@ -299,7 +299,7 @@ impl Client {
     }
 }
 
-/// A second host on this machine: a data dir of its own (the e2e image hard-linked into it)
+/// A second host on this machine: a data dir of its own (with no image: a test sends it one)
 /// and a `berth daemon --listen` in a network namespace of its own, reached over a veth pair
 /// (`10.251.N.1` here, `10.251.N.2` there). Dropped: its instances deleted, the daemon ended,
 /// the namespace and the folder removed.
@@ -365,14 +365,6 @@ impl SecondHost {
             .prefix("berth-h2-")
             .tempdir_in("/var/tmp")
             .unwrap();
-        std::fs::create_dir_all(dir.path().join("images")).unwrap();
-        let cp = Command::new("cp")
-            .arg("-al")
-            .arg(e2e_dir().join("images/debian-12"))
-            .arg(dir.path().join("images/"))
-            .status()
-            .unwrap();
-        assert!(cp.success());
         let mut h = SecondHost {
             dir,
             netns,

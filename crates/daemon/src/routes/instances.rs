@@ -2,18 +2,27 @@
 //! run and console websockets. Changes run as operations in worker processes.
 
 use super::*;
+use crate::ops::Made;
 use berth_api::{Instance, LogChunk};
 
 /// Check a changing request against the host as it is (no such instance; a create of a name
 /// that is taken), so that these are answered at once; races between requests are settled by
 /// the executor's locks in the worker.
-fn precheck(dirs: &Dirs, job: &Job) -> Result<(), Error> {
+pub(super) fn precheck(dirs: &Dirs, job: &Job) -> Result<(), Error> {
     let ex = Executor::open(dirs)?;
     match job {
         Job::Create { create } => match ex.type_of(&create.name) {
             Ok(_) => Err(Error::conflict(format!(
                 "an instance named {:?} already exists",
                 create.name
+            ))),
+            Err(e) if e.kind == berth_api::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e),
+        },
+        Job::ImageBuild { .. } => Ok(()),
+        Job::ImageImport { name, .. } => match ex.image(name) {
+            Ok(_) => Err(Error::conflict(format!(
+                "an image named {name:?} already exists"
             ))),
             Err(e) if e.kind == berth_api::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(e),
@@ -32,12 +41,13 @@ pub(super) async fn in_worker(host: Host, job: Job) -> HttpResponse {
     if let Err(e) = pre {
         return answer::<()>(Err(e));
     }
-    let may_cancel = matches!(job, Job::Create { .. });
-    let op = host.ops.begin(
-        job.description(),
-        vec![format!("/1.0/instances/{}", job.instance())],
-        may_cancel,
+    let may_cancel = matches!(
+        job,
+        Job::Create { .. } | Job::ImageBuild { .. } | Job::ImageImport { .. }
     );
+    let op = host
+        .ops
+        .begin(job.description(), vec![job.resource()], may_cancel);
     let id = op.id.clone();
     tokio::task::spawn_blocking(move || {
         let ops = host.ops.clone();
@@ -52,6 +62,13 @@ pub(super) async fn in_worker(host: Host, job: Job) -> HttpResponse {
             if let Job::Create { create } = &job {
                 undo_create(&host, &create.name);
             }
+        }
+        if job.is_image() {
+            // What a cancelled (killed) build or import left, and an upload not taken.
+            if let Job::ImageImport { upload, .. } = &job {
+                let _ = std::fs::remove_dir_all(upload);
+            }
+            berth_host::images::Store::new(&host.dirs).sweep();
         }
         // Deletes and limit changes say nothing of themselves on the way: their end is the
         // lifecycle event.
@@ -70,9 +87,12 @@ pub(super) async fn in_worker(host: Host, job: Job) -> HttpResponse {
         }
         let r = r.and_then(|v| match job {
             Job::Create { .. } => serde_json::from_value(v)
-                .map(Some)
+                .map(|i| Made::Instance(Box::new(i)))
                 .map_err(|e| Error::internal(format!("the worker's instance: {e}"))),
-            _ => Ok(None),
+            Job::ImageBuild { .. } | Job::ImageImport { .. } => serde_json::from_value(v)
+                .map(|i| Made::Image(Box::new(i)))
+                .map_err(|e| Error::internal(format!("the worker's image: {e}"))),
+            _ => Ok(Made::Nothing),
         });
         ops.finish(&id, r);
     });

@@ -7,6 +7,9 @@
 //! - `PUT /1.0/instances/NAME/state` (an `InstanceStateChange`).
 //! - `GET /1.0/instances/NAME/logs?offset=N&max=N`: part of its console log (a `LogChunk`).
 //! - `GET /1.0/instances/NAME/exec`, a websocket: a command's streams and exit ([`crate::exec`]).
+//! - `GET /1.0/images`, `POST /1.0/images` (an `ImageBuild`), `GET /1.0/images/NAME`,
+//!   `PUT` (an image archive: a tar of the disk and its kernel, see `berth_api::image`),
+//!   `DELETE`.
 //! - `GET /1.0/run`, a websocket: `berth run` (a new application container's command).
 //! - `GET /1.0/instances/NAME/console`, a websocket: the console, both ways.
 //! - `GET /1.0/events?type=operation,lifecycle`, a websocket: the event stream.
@@ -17,15 +20,17 @@
 //! - `GET /1.0/operations`, `GET /1.0/operations/ID`, `DELETE` (cancel),
 //!   `GET /1.0/operations/ID/wait?timeout=SECONDS`.
 //!
-//! Changes (create, state, set, delete) answer 202 with an operation ([`crate::ops`]) once the
+//! Changes (create, state, set, delete, image build and import) answer 202 with an operation ([`crate::ops`]) once the
 //! request has been read and checked; the operation tells how it ended.
 //!
 //! Every answer is a [`Response`] with the error's HTTP status; an unknown path is a 404 in the
 //! same envelope.
 
+pub(crate) mod images;
 pub(crate) mod instances;
 pub(crate) mod server;
 
+use images::*;
 use instances::*;
 use server::*;
 
@@ -71,6 +76,15 @@ pub fn router(dirs: Dirs, worker: PathBuf) -> Router {
         .route("/1.0/instances/{name}/logs", get(logs))
         .route("/1.0/instances/{name}/exec", get(exec))
         .route("/1.0/instances/{name}/console", get(console))
+        .route("/1.0/images", get(images).post(build))
+        .route(
+            "/1.0/images/{name}",
+            get(image_info)
+                .put(import)
+                .delete(image_delete)
+                // An upload is streamed to disk, within `images::UPLOAD_MAX`.
+                .layer(axum::extract::DefaultBodyLimit::disable()),
+        )
         .route("/1.0/run", get(run))
         .route("/1.0/certificates", get(trusted_clients).post(join))
         .route("/1.0/metrics", get(metrics))
@@ -286,6 +300,27 @@ mod tests {
                 r#"{"limits":"memory=1G"}"#,
                 "limits",
             ),
+            (
+                "POST",
+                "/1.0/images",
+                r#"{"recipe":"debian-12","sise":1}"#,
+                "sise",
+            ),
+            ("POST", "/1.0/images", r#"{"recipe":"fedora-40"}"#, "recipe"),
+            (
+                "POST",
+                "/1.0/images",
+                r#"{"recipe":"debian-12","size":1}"#,
+                "size",
+            ),
+            (
+                "POST",
+                "/1.0/images",
+                r#"{"recipe":"debian-12","name":"a/b"}"#,
+                "name",
+            ),
+            ("PUT", "/1.0/images/a", "this is not a tar archive", "body"),
+            ("PUT", "/1.0/images/a%20b", "", "name"),
         ];
         for (method, uri, body, field) in cases {
             let (s, v) = call(&dirs, method, uri, body).await;
@@ -305,6 +340,10 @@ mod tests {
         let (_, v) = call(&dirs, "GET", "/1.0/instances", "").await;
         assert_eq!(v["metadata"], serde_json::json!([]));
         assert!(!dirs.root.join("instances").exists());
+        let (_, v) = call(&dirs, "GET", "/1.0/images", "").await;
+        assert_eq!(v["metadata"], serde_json::json!([]));
+        let left: Vec<_> = std::fs::read_dir(dirs.images()).unwrap().collect();
+        assert!(left.is_empty(), "a refused upload left {left:?}");
     }
 
     #[tokio::test]
@@ -366,6 +405,8 @@ mod tests {
             ("DELETE", "/1.0/instances/web", ""),
             ("PUT", "/1.0/instances/web/state", r#"{"action":"stop"}"#),
             ("PATCH", "/1.0/instances/web", r#"{"limits":["memory=1G"]}"#),
+            ("GET", "/1.0/images/web", ""),
+            ("DELETE", "/1.0/images/web", ""),
         ] {
             let (s, v) = call(&dirs, method, uri, body).await;
             assert_eq!(
