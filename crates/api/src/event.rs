@@ -26,8 +26,8 @@ pub struct Event {
     pub elapsed_ms: u64,
 }
 
-/// What the daemon's events websocket (`/1.0/events`) sends: operations as they change, and
-/// instances' lifecycle, as Incus's event stream does.
+/// What the daemon's events websocket (`/1.0/events`) sends: operations as they change,
+/// instances' lifecycle, and the daemon's log, as Incus's event stream does.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
 pub enum DaemonEvent {
@@ -45,7 +45,21 @@ pub enum DaemonEvent {
         /// What happened.
         event: Event,
     },
+    /// A line of the daemon's log (info and above).
+    Logging {
+        /// When (RFC 3339).
+        timestamp: String,
+        /// `error`, `warn` or `info`.
+        level: String,
+        /// The part of berth that logged it (`berth_daemon::ops`).
+        target: String,
+        /// The line, with its fields.
+        message: String,
+    },
 }
+
+/// The event types of `/1.0/events?type=`.
+pub const EVENT_TYPES: [&str; 3] = ["operation", "lifecycle", "logging"];
 
 impl DaemonEvent {
     /// Its type as `/1.0/events?type=` names it.
@@ -53,6 +67,7 @@ impl DaemonEvent {
         match self {
             DaemonEvent::Operation { .. } => "operation",
             DaemonEvent::Lifecycle { .. } => "lifecycle",
+            DaemonEvent::Logging { .. } => "logging",
         }
     }
 }

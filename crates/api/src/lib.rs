@@ -22,7 +22,7 @@ pub mod trust;
 
 pub use blob::Blob;
 pub use error::{Error, ErrorKind};
-pub use event::{DaemonEvent, Event, EventKind};
+pub use event::{DaemonEvent, Event, EventKind, EVENT_TYPES};
 pub use exec::{ExecExit, InstanceExec, InstanceRun, LogChunk};
 pub use image::{Image, ImageBuild, ImageSource};
 pub use instance::{
@@ -35,5 +35,5 @@ pub use request::{
     InstanceStateChange, Network, StateAction, VmCreate,
 };
 pub use response::{Nothing, Response, ServerInfo};
-pub use stream::StreamControl;
+pub use stream::{StreamControl, WindowSize};
 pub use trust::{JoinToken, TrustAdd, TrustedClient};

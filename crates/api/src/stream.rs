@@ -3,7 +3,8 @@
 //! binary frames carry data, their first byte naming the stream ([`STDIN`], [`STDOUT`],
 //! [`STDERR`]); text frames carry [`StreamControl`] messages as JSON. The client's first message
 //! is [`StreamControl::Start`] (or [`StreamControl::Run`] on `/1.0/run`); the server's last is [`StreamControl::Exit`] or
-//! [`StreamControl::Error`].
+//! [`StreamControl::Error`]. An interactive exec runs on a pty: its output and errors come as
+//! one stream ([`STDOUT`]), and [`StreamControl::Resize`] changes its size.
 
 use crate::error::Error;
 use crate::exec::{ExecExit, InstanceExec, InstanceRun};
@@ -24,6 +25,9 @@ pub enum StreamControl {
     Start {
         /// The command.
         exec: InstanceExec,
+        /// With `exec.interactive`: the client's terminal size, which the command's pty gets.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        window: Option<WindowSize>,
     },
     /// Run this command in a new application container (the first message on `/1.0/run`).
     Run {
@@ -37,6 +41,12 @@ pub enum StreamControl {
         /// The signal.
         signal: i32,
     },
+    /// The client's terminal changed size (an interactive command's pty gets it, and its
+    /// programs a SIGWINCH).
+    Resize {
+        /// The new size.
+        window: WindowSize,
+    },
     /// The command ended (the server's last message).
     Exit {
         /// How.
@@ -47,6 +57,16 @@ pub enum StreamControl {
         /// Why.
         error: Error,
     },
+}
+
+/// A terminal's size, in characters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WindowSize {
+    /// Columns.
+    pub cols: u16,
+    /// Rows.
+    pub rows: u16,
 }
 
 /// A data frame: the stream's byte, then the bytes.

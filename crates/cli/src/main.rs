@@ -133,13 +133,22 @@ fn main() -> ExitCode {
     let filter = tracing_subscriber::EnvFilter::try_from_env("BERTH_LOG").unwrap_or_else(|_| {
         tracing_subscriber::EnvFilter::new("warn,libcgroups=error,libcontainer=error,imago=off")
     });
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .without_time()
-        // A log line nobody can read any more (`berth run ... 2>&1 | head`) is dropped; the
-        // default reports that with eprintln!, which panics on the same closed pipe.
-        .log_internal_errors(false)
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    use tracing_subscriber::Layer as _;
+    tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .without_time()
+                // A log line nobody can read any more (`berth run ... 2>&1 | head`) is
+                // dropped; the default reports that with eprintln!, which panics on the same
+                // closed pipe.
+                .log_internal_errors(false)
+                .with_filter(filter),
+        )
+        // The daemon's log as events for `berth monitor` (nothing while nobody listens).
+        .with(berth_daemon::logging::layer())
         .init();
     let cli = Cli::parse();
     // Commands that write files for the user remove their temporaries when interrupted (the

@@ -14,7 +14,7 @@ use crate::Status;
 pub struct MonitorArgs {
     /// The remote (`host2:`; the default remote if none).
     pub remote: Option<String>,
-    /// Only events of this type (operation, lifecycle); may be given more than once.
+    /// Only events of this type (operation, lifecycle, logging); may be given more than once.
     #[arg(long = "type")]
     pub types: Vec<String>,
     /// Print each event as a JSON line.
@@ -45,6 +45,12 @@ fn line(ev: &DaemonEvent) -> String {
                 event.instance, event.message
             )
         }
+        DaemonEvent::Logging {
+            timestamp,
+            level,
+            target,
+            message,
+        } => format!("{timestamp} logging {level} {target}: {message}"),
     }
 }
 

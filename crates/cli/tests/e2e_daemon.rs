@@ -283,6 +283,14 @@ fn the_cli_manages_a_container_through_a_remote() {
     assert!(events.iter().any(|e| e["type"] == "operation"
         && e["operation"]["description"] == format!("creating instance {name}").as_str()
         && e["operation"]["status"] == "success"));
+    // The daemon's log comes too.
+    let began = format!("operation began: creating instance {name}");
+    assert!(
+        events.iter().any(|e| e["type"] == "logging"
+            && e["level"] == "info"
+            && e["message"].as_str().is_some_and(|m| m.starts_with(&began))),
+        "no logging event {began:?}"
+    );
 
     c.run_ok(&["remote", "remove", "d1"]);
     assert_eq!(c.run_ok(&["remote", "get-default"]).trim(), "local");

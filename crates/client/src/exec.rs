@@ -26,6 +26,49 @@ impl std::fmt::Debug for Streams<'_> {
     }
 }
 
+/// This process's terminal size (of standard output, else input), if it has a terminal.
+pub fn window_size() -> Option<berth_api::WindowSize> {
+    let ws = rustix::termios::tcgetwinsize(rustix::stdio::stdout())
+        .or_else(|_| rustix::termios::tcgetwinsize(rustix::stdio::stdin()))
+        .ok()?;
+    Some(berth_api::WindowSize {
+        cols: ws.ws_col,
+        rows: ws.ws_row,
+    })
+}
+
+/// Standard input's terminal in raw mode (what is typed goes to the remote pty as it is, ^C
+/// included) for as long as this lives; its old mode comes back on drop.
+struct RawMode(Option<rustix::termios::Termios>);
+
+impl RawMode {
+    fn enter(interactive: bool) -> RawMode {
+        let stdin = rustix::stdio::stdin();
+        if !interactive || !rustix::termios::isatty(stdin) {
+            return RawMode(None);
+        }
+        let old = rustix::termios::tcgetattr(stdin).ok();
+        if let Some(o) = &old {
+            let mut raw = o.clone();
+            raw.make_raw();
+            let _ = rustix::termios::tcsetattr(stdin, rustix::termios::OptionalActions::Now, &raw);
+        }
+        RawMode(old)
+    }
+}
+
+impl Drop for RawMode {
+    fn drop(&mut self) {
+        if let Some(o) = &self.0 {
+            let _ = rustix::termios::tcsetattr(
+                rustix::stdio::stdin(),
+                rustix::termios::OptionalActions::Now,
+                o,
+            );
+        }
+    }
+}
+
 /// An answer that was not an upgrade: the API's error in it, if it has one.
 fn refused(endpoint: &Endpoint, e: tokio_tungstenite::tungstenite::Error) -> Error {
     use tokio_tungstenite::tungstenite::Error as W;
@@ -67,6 +110,7 @@ pub async fn command(
         ))
     };
     let mut ws = open(endpoint, path).await?;
+    let interactive = matches!(start, StreamControl::Start { exec, .. } if exec.interactive);
     let start = serde_json::to_string(start).map_err(|e| lost(&e))?;
     ws.send(Message::Text(start.into()))
         .await
@@ -103,6 +147,8 @@ pub async fn command(
             "cannot watch for signals to pass on to the exec",
         ));
     };
+    let mut winch = signal(SignalKind::window_change()).map_err(|e| lost(&e))?;
+    let _raw = RawMode::enter(interactive);
     let (output, error) = (streams.output, streams.error);
     let mut input_open = true;
     loop {
@@ -122,6 +168,13 @@ pub async fn command(
             _ = int.recv() => send_signal(&mut ws, 2).await,
             _ = term.recv() => send_signal(&mut ws, 15).await,
             _ = hup.recv() => send_signal(&mut ws, 1).await,
+            _ = winch.recv(), if interactive => {
+                if let Some(window) = window_size() {
+                    if let Ok(t) = serde_json::to_string(&StreamControl::Resize { window }) {
+                        let _ = ws.send(Message::Text(t.into())).await;
+                    }
+                }
+            }
             m = ws.next() => match m {
                 Some(Ok(Message::Binary(b))) => {
                     let (sink, data): (&mut dyn Write, &[u8]) = match unframe(&b) {

@@ -18,7 +18,7 @@ use serde::Serialize;
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub use exec::Streams;
+pub use exec::{window_size, Streams};
 pub use images::Upload;
 pub use transport::{client_identity, Endpoint};
 
@@ -220,7 +220,10 @@ impl Remote {
         streams: Streams<'_>,
     ) -> Result<berth_api::ExecExit, Error> {
         let path = format!("/1.0/instances/{}/exec", segment(name)?);
-        let start = berth_api::StreamControl::Start { exec: r.clone() };
+        let start = berth_api::StreamControl::Start {
+            exec: r.clone(),
+            window: r.interactive.then(exec::window_size).flatten(),
+        };
         self.rt
             .block_on(exec::command(&self.endpoint, &path, &start, streams))
     }

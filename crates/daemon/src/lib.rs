@@ -12,6 +12,7 @@
 pub mod body;
 mod exec;
 pub mod https;
+pub mod logging;
 pub mod metrics;
 pub mod openapi;
 pub mod ops;

@@ -44,7 +44,7 @@ struct Slot {
     finished: Option<Instant>,
 }
 
-fn now() -> String {
+pub(crate) fn now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
@@ -100,6 +100,7 @@ impl Operations {
                 },
             );
         }
+        tracing::info!(id = %op.id, "operation began: {}", op.description);
         self.publish(DaemonEvent::Operation {
             timestamp: op.created_at.clone(),
             operation: Box::new(op.clone()),
@@ -201,6 +202,14 @@ impl Operations {
                 op.error = Some(e);
             }
         });
+        if let Ok(op) = self.get(id) {
+            match &op.error {
+                Some(e) => {
+                    tracing::warn!(id = %op.id, "operation {:?}: {}: {}", op.status, op.description, e.message)
+                }
+                None => tracing::info!(id = %op.id, "operation succeeded: {}", op.description),
+            }
+        }
     }
 
     /// Ask to cancel it: its worker's pid, if it runs yet (the caller ends it; one that starts
@@ -332,6 +341,7 @@ mod tests {
             seen.push(match e {
                 DaemonEvent::Operation { operation, .. } => format!("{:?}", operation.status),
                 DaemonEvent::Lifecycle { event, .. } => event.message,
+                DaemonEvent::Logging { message, .. } => message,
             });
         }
         assert_eq!(seen, ["Running", "created", "Running", "Success"]);

@@ -272,6 +272,39 @@ impl Client {
         c
     }
 
+    /// `berth shell TARGET` on a terminal of 91x33 columns and rows (made by script(1)) that
+    /// becomes 100x40 after 6 s, with `input` typed: what the terminal showed, and its status.
+    pub fn shell_on_pty(&self, target: &str, input: &str) -> (String, Option<i32>) {
+        use std::io::Write;
+        let base = self.command();
+        let line = format!(
+            "stty cols 91 rows 33; (sleep 6; stty cols 100 rows 40 </dev/tty) & exec {} shell {target}",
+            base.get_program().to_string_lossy()
+        );
+        let mut c = Command::new("script");
+        c.args(["-qefc", &line, "/dev/null"]);
+        for (k, v) in base.get_envs() {
+            if let Some(v) = v {
+                c.env(k, v);
+            }
+        }
+        let mut child = c
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("script runs");
+        child
+            .stdin
+            .as_mut()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).replace('\r', "");
+        (text, out.status.code())
+    }
+
     /// Run `berth ARGS` as this client with `input` on its standard input.
     pub fn run_input(&self, args: &[&str], input: &[u8]) -> Output {
         use std::io::Write;

@@ -121,10 +121,10 @@ pub(super) async fn join(
     answer(r)
 }
 
-/// `GET /1.0/events?type=operation,lifecycle`: the event stream as a websocket of JSON text
+/// `GET /1.0/events?type=operation,lifecycle,logging`: the event stream as a websocket of JSON text
 /// frames (every type when none is named).
 #[utoipa::path(get, path = "/1.0/events", tag = "server",
-    params(("type" = Option<String>, Query, description = "operation, lifecycle (comma-separated); all when none")),
+    params(("type" = Option<String>, Query, description = "operation, lifecycle, logging (comma-separated); all when none")),
     description = "A websocket of DaemonEvent text frames.",
     responses((status = 101, description = "Switching to the websocket"), (status = 400, description = "A field or value is wrong (the error names it)", body = Response<berth_api::Nothing>),
         (status = 403, description = "The client is not trusted", body = Response<berth_api::Nothing>)))]
@@ -138,10 +138,13 @@ pub(super) async fn events(
         Ok(ps) => {
             for (_, v) in ps {
                 for t in v.split(',').filter(|t| !t.is_empty()) {
-                    if !["operation", "lifecycle"].contains(&t) {
+                    if !berth_api::EVENT_TYPES.contains(&t) {
                         return answer_error(Error::invalid(
                             "type",
-                            format!("{t:?} is not an event type (operation, lifecycle)"),
+                            format!(
+                                "{t:?} is not an event type ({})",
+                                berth_api::EVENT_TYPES.join(", ")
+                            ),
                         ));
                     }
                     wanted.push(t.to_string());
@@ -151,30 +154,36 @@ pub(super) async fn events(
         Err(e) => return answer_error(e),
     }
     let mut rx = host.ops.subscribe();
+    let mut log = crate::logging::subscribe();
     upgrade(ws, move |mut socket| async move {
         use axum::extract::ws::Message;
+        use tokio::sync::broadcast::error::RecvError;
         loop {
-            tokio::select! {
-                ev = rx.recv() => match ev {
-                    Ok(ev) => {
-                        if !wanted.is_empty() && !wanted.iter().any(|w| w == ev.type_name()) {
-                            continue;
-                        }
-                        let Ok(text) = serde_json::to_string(&ev) else { continue };
-                        if socket.send(Message::Text(text.into())).await.is_err() {
-                            return;
-                        }
-                    }
-                    // A listener that fell behind misses what it could not take, and goes on.
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                        tracing::debug!("an events listener missed {n} events");
-                    }
-                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
-                },
+            let ev = tokio::select! {
+                ev = rx.recv() => ev,
+                ev = log.recv() => ev,
                 m = socket.recv() => match m {
                     Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return,
-                    Some(Ok(_)) => {}
+                    Some(Ok(_)) => continue,
                 },
+            };
+            match ev {
+                Ok(ev) => {
+                    if !wanted.is_empty() && !wanted.iter().any(|w| w == ev.type_name()) {
+                        continue;
+                    }
+                    let Ok(text) = serde_json::to_string(&ev) else {
+                        continue;
+                    };
+                    if socket.send(Message::Text(text.into())).await.is_err() {
+                        return;
+                    }
+                }
+                // A listener that fell behind misses what it could not take, and goes on.
+                Err(RecvError::Lagged(n)) => {
+                    tracing::debug!("an events listener missed {n} events");
+                }
+                Err(RecvError::Closed) => return,
             }
         }
     })
