@@ -6,13 +6,75 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 
-/// Run `berth ARGS` with `BERTH_DIR=state`.
+/// Run `berth ARGS` with `BERTH_DIR=state` (through a daemon on it with
+/// [`THROUGH_DAEMON`] set).
 pub fn run(state: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_berth"))
-        .args(args)
+    let mut c = Command::new(env!("CARGO_BIN_EXE_berth"));
+    c.args(args).env("BERTH_DIR", state);
+    if let Some(conf) = through_daemon(state) {
+        c.env("BERTH_CONF", conf);
+    }
+    c.output().expect("berth runs")
+}
+
+/// With this set (to 1), every command [`run`] runs goes through a `berth daemon` on its data
+/// dir, the client's default remote: the same tests, through the API over the wire.
+pub const THROUGH_DAEMON: &str = "BERTH_E2E_THROUGH_DAEMON";
+
+/// The client config whose default remote is a daemon on `state` (started on first use, ended
+/// when this test process ends), when [`THROUGH_DAEMON`] asks for one.
+fn through_daemon(state: &Path) -> Option<PathBuf> {
+    type Daemons =
+        std::sync::Mutex<std::collections::HashMap<PathBuf, (PathBuf, std::process::ChildStdin)>>;
+    static DAEMONS: OnceLock<Daemons> = OnceLock::new();
+    if std::env::var(THROUGH_DAEMON).ok().as_deref() != Some("1") {
+        return None;
+    }
+    let mut map = DAEMONS.get_or_init(Default::default).lock().unwrap();
+    if let Some((conf, _)) = map.get(state) {
+        return Some(conf.clone());
+    }
+    let bin = env!("CARGO_BIN_EXE_berth");
+    let sock = state.join("berth.sock");
+    // The daemon ends when this process does: the shell's `read` sees its input close.
+    let mut child = Command::new("sh")
+        .args(["-c", "\"$0\" daemon & d=$!; read _; kill $d; wait $d", bin])
         .env("BERTH_DIR", state)
-        .output()
-        .expect("berth runs")
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .expect("a daemon starts");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while std::os::unix::net::UnixStream::connect(&sock).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the e2e daemon did not start"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let conf = std::env::temp_dir().join(format!("berth-e2e-conf-{}", std::process::id()));
+    std::fs::create_dir_all(&conf).unwrap();
+    let addr = format!("unix://{}", sock.display());
+    for args in [
+        vec!["remote", "add", "e2e", addr.as_str()],
+        vec!["remote", "switch", "e2e"],
+    ] {
+        let out = Command::new(bin)
+            .args(&args)
+            .env("BERTH_DIR", state)
+            .env("BERTH_CONF", &conf)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "berth {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    map.insert(
+        state.to_path_buf(),
+        (conf.clone(), child.stdin.take().unwrap()),
+    );
+    Some(conf)
 }
 
 /// Run `berth ARGS` and return its stdout; panics with both outputs on failure.
