@@ -22,10 +22,12 @@ pub fn run(state: &Path, args: &[&str]) -> Output {
 pub const THROUGH_DAEMON: &str = "BERTH_E2E_THROUGH_DAEMON";
 
 /// The client config whose default remote is a daemon on `state` (started on first use, ended
-/// when this test process ends), when [`THROUGH_DAEMON`] asks for one.
+/// when this test process ends), when [`THROUGH_DAEMON`] asks for one. (Its shell is kept, never
+/// waited for: it lives as long as this process.)
+#[allow(clippy::zombie_processes)]
 fn through_daemon(state: &Path) -> Option<PathBuf> {
     type Daemons =
-        std::sync::Mutex<std::collections::HashMap<PathBuf, (PathBuf, std::process::ChildStdin)>>;
+        std::sync::Mutex<std::collections::HashMap<PathBuf, (PathBuf, std::process::Child)>>;
     static DAEMONS: OnceLock<Daemons> = OnceLock::new();
     if std::env::var(THROUGH_DAEMON).ok().as_deref() != Some("1") {
         return None;
@@ -37,7 +39,7 @@ fn through_daemon(state: &Path) -> Option<PathBuf> {
     let bin = env!("CARGO_BIN_EXE_berth");
     let sock = state.join("berth.sock");
     // The daemon ends when this process does: the shell's `read` sees its input close.
-    let mut child = Command::new("sh")
+    let child = Command::new("sh")
         .args(["-c", "\"$0\" daemon & d=$!; read _; kill $d; wait $d", bin])
         .env("BERTH_DIR", state)
         .stdin(std::process::Stdio::piped())
@@ -70,10 +72,7 @@ fn through_daemon(state: &Path) -> Option<PathBuf> {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    map.insert(
-        state.to_path_buf(),
-        (conf.clone(), child.stdin.take().unwrap()),
-    );
+    map.insert(state.to_path_buf(), (conf.clone(), child));
     Some(conf)
 }
 
