@@ -46,6 +46,8 @@ fn archive(u: &Upload<'_>, out: impl Write) -> std::io::Result<()> {
     let mut b = tar::Builder::new(std::io::BufWriter::with_capacity(CHUNK, out));
     b.mode(tar::HeaderMode::Deterministic);
     b.follow_symlinks(true);
+    // Holes go as zeros: the server takes plain regular members only (no GNU sparse ones).
+    b.sparse(false);
     let mut add = |path: &Path, name: &str| {
         let mut f = std::fs::File::open(path).map_err(|e| {
             std::io::Error::new(e.kind(), format!("reading {}: {e}", path.display()))
@@ -156,10 +158,17 @@ impl Remote {
         let made = producer
             .join()
             .map_err(|_| Error::internal("the upload's writer panicked"))?;
-        if let Err(e) = made {
-            return Err(Error::invalid("file", format!("sending the image: {e}")));
-        }
-        let (status, answer) = sent?;
+        // What the server said comes first: it may have stopped reading because it refused.
+        let (status, answer) = match (sent, made) {
+            (Ok(a), _) => a,
+            (Err(e), Ok(())) => return Err(e),
+            (Err(e), Err(w)) => {
+                return Err(Error::internal(format!(
+                    "{} (sending the image: {w})",
+                    e.message
+                )))
+            }
+        };
         let op = match serde_json::from_slice::<Response<Nothing>>(&answer) {
             Ok(Response::Async { metadata, .. }) => *metadata,
             Ok(Response::Error { error, .. }) => return Err(error),
