@@ -70,8 +70,14 @@ fn shell_has_a_pty(c: &Client, target: &str) {
     );
     assert_eq!(code, Some(7), "{target}: {shown}");
     assert!(shown.contains("on-a-42"), "{target}: no terminal: {shown}");
-    assert!(shown.contains("size 33 91"), "{target}: not this size: {shown}");
-    assert!(shown.contains("size 40 100"), "{target}: not resized: {shown}");
+    assert!(
+        shown.contains("size 33 91"),
+        "{target}: not this size: {shown}"
+    );
+    assert!(
+        shown.contains("size 40 100"),
+        "{target}: not resized: {shown}"
+    );
 }
 
 #[test]
