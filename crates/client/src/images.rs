@@ -152,7 +152,7 @@ impl Remote {
             &self.endpoint,
             "PUT",
             &path,
-            Some("application/x-tar"),
+            Some("application/octet-stream"),
             StreamBody::new(stream),
         ));
         let made = producer

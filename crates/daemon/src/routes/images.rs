@@ -60,7 +60,7 @@ pub(super) async fn build(
 }
 
 #[utoipa::path(put, path = "/1.0/images/{name}", tag = "images", params(("name" = String, Path, description = "The image")),
-    request_body(content = String, content_type = "application/x-tar",
+    request_body(content = String, content_type = "application/octet-stream",
         description = "An image archive: an uncompressed tar of regular files named `disk` (qcow2 or raw, required), `kernel` and `initrd` (both or neither; without them the newest /boot/vmlinuz-* in the disk is used) and `from` (text: what the disk was imported from)."),
     responses((status = 202, description = "Received; the import is an operation", body = Response<berth_api::Nothing>), (status = 409, description = "An image of that name exists", body = Response<berth_api::Nothing>), (status = 400, description = "The archive or a field is wrong (the error names it)", body = Response<berth_api::Nothing>),
         (status = 403, description = "The client is not trusted", body = Response<berth_api::Nothing>)))]
