@@ -222,9 +222,9 @@ impl Client for berth_client::Remote {
         // client), written to a scratch folder first.
         let flat = crate::image::standalone(disk.file, disk.allow)?;
         let upload = berth_client::Upload {
-            disk: flat.as_ref().map_or(disk.file, |f| f.path()),
-            boot: disk.boot,
-            from: &disk.file.display().to_string(),
+            disk: flat.as_ref().map_or(disk.file, |f| f.path()).to_path_buf(),
+            boot: disk.boot.map(|(k, i)| (k.to_path_buf(), i.to_path_buf())),
+            from: disk.file.display().to_string(),
         };
         berth_client::Remote::image_import(self, name, upload, events)
     }

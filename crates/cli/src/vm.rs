@@ -580,19 +580,7 @@ pub fn console(a: NameArg) -> Result<Status> {
         let (client, name) = client::target(&a.name)?;
         client.console(&name)?
     };
-    let tty = std::io::stdin().is_terminal();
-    let saved = if tty {
-        let stdin = rustix::stdio::stdin();
-        let old = rustix::termios::tcgetattr(stdin).ok();
-        if let Some(o) = &old {
-            let mut raw = o.clone();
-            raw.make_raw();
-            let _ = rustix::termios::tcsetattr(stdin, rustix::termios::OptionalActions::Now, &raw);
-        }
-        old
-    } else {
-        None
-    };
+    let raw = berth_client::RawMode::enter(true);
     eprint!("Connected to {}'s console. Detach with Ctrl-].\r\n", a.name);
     std::thread::spawn(move || {
         let mut out = std::io::stdout();
@@ -618,13 +606,7 @@ pub fn console(a: NameArg) -> Result<Status> {
             break;
         }
     }
-    if let Some(o) = saved {
-        let _ = rustix::termios::tcsetattr(
-            rustix::stdio::stdin(),
-            rustix::termios::OptionalActions::Now,
-            &o,
-        );
-    }
+    drop(raw);
     eprintln!("\r\nDetached from {}.", a.name);
     Ok(Status(0))
 }

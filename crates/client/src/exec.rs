@@ -37,12 +37,15 @@ pub fn window_size() -> Option<berth_api::WindowSize> {
     })
 }
 
-/// Standard input's terminal in raw mode (what is typed goes to the remote pty as it is, ^C
-/// included) for as long as this lives; its old mode comes back on drop.
-struct RawMode(Option<rustix::termios::Termios>);
+/// Standard input's terminal in raw mode (what is typed goes to the remote pty or console as
+/// it is, ^C included) for as long as this lives; its old mode comes back on drop. Nothing is
+/// changed when `interactive` is false or standard input is no terminal.
+#[derive(Debug)]
+pub struct RawMode(Option<rustix::termios::Termios>);
 
 impl RawMode {
-    fn enter(interactive: bool) -> RawMode {
+    /// Make standard input's terminal raw (when `interactive`).
+    pub fn enter(interactive: bool) -> RawMode {
         let stdin = rustix::stdio::stdin();
         if !interactive || !rustix::termios::isatty(stdin) {
             return RawMode(None);

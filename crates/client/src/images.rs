@@ -4,24 +4,24 @@
 
 use super::{segment, transport, Remote};
 use berth_api::image::{ARCHIVE_DISK, ARCHIVE_FROM, ARCHIVE_INITRD, ARCHIVE_KERNEL};
-use berth_api::{Error, Event, Image, ImageBuild, Nothing, Response};
+use berth_api::{Error, Event, Image, ImageBuild, Nothing};
 use http_body_util::StreamBody;
 use hyper::body::{Bytes, Frame};
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// How much of the archive one frame of the upload carries.
 const CHUNK: usize = 1 << 20;
 
 /// What an upload sends: files on this machine.
-#[derive(Debug, Clone, Copy)]
-pub struct Upload<'a> {
+#[derive(Debug, Clone)]
+pub struct Upload {
     /// The disk (qcow2 without a backing file, or raw).
-    pub disk: &'a Path,
+    pub disk: PathBuf,
     /// A kernel and its initrd, or none (the server reads them out of the disk).
-    pub boot: Option<(&'a Path, &'a Path)>,
+    pub boot: Option<(PathBuf, PathBuf)>,
     /// What to say the disk was imported from.
-    pub from: &'a str,
+    pub from: String,
 }
 
 /// Writes what it is given to the upload's body, a chunk at a time.
@@ -42,7 +42,7 @@ impl Write for ToBody {
 }
 
 /// Write the archive of `u` to `out`.
-fn archive(u: &Upload<'_>, out: impl Write) -> std::io::Result<()> {
+fn archive(u: &Upload, out: impl Write) -> std::io::Result<()> {
     let mut b = tar::Builder::new(std::io::BufWriter::with_capacity(CHUNK, out));
     b.mode(tar::HeaderMode::Deterministic);
     b.follow_symlinks(true);
@@ -54,8 +54,8 @@ fn archive(u: &Upload<'_>, out: impl Write) -> std::io::Result<()> {
         })?;
         b.append_file(name, &mut f)
     };
-    add(u.disk, ARCHIVE_DISK)?;
-    if let Some((kernel, initrd)) = u.boot {
+    add(&u.disk, ARCHIVE_DISK)?;
+    if let Some((kernel, initrd)) = &u.boot {
         add(kernel, ARCHIVE_KERNEL)?;
         add(initrd, ARCHIVE_INITRD)?;
     }
@@ -104,7 +104,7 @@ impl Remote {
     pub fn image_import(
         &self,
         name: &str,
-        upload: Upload<'_>,
+        upload: Upload,
         events: &mut dyn FnMut(Event),
     ) -> Result<Image, Error> {
         let path = format!("/1.0/images/{}", segment(name)?);
@@ -119,27 +119,15 @@ impl Remote {
             Err(e) if e.kind == berth_api::ErrorKind::NotFound => {}
             Err(e) => return Err(e),
         }
-        for p in
-            std::iter::once(upload.disk).chain(upload.boot.into_iter().flat_map(|(k, i)| [k, i]))
-        {
+        let boot = upload.boot.iter().flat_map(|(k, i)| [k, i]);
+        for p in std::iter::once(&upload.disk).chain(boot) {
             std::fs::metadata(p)
                 .map_err(|e| Error::invalid("file", format!("{}: {e}", p.display())))?;
         }
         let (tx, rx) = tokio::sync::mpsc::channel(8);
-        let owned = (
-            upload.disk.to_path_buf(),
-            upload.boot.map(|(k, i)| (k.to_path_buf(), i.to_path_buf())),
-            upload.from.to_string(),
-        );
         let producer = std::thread::spawn(move || {
-            let (disk, boot, from) = owned;
-            let u = Upload {
-                disk: &disk,
-                boot: boot.as_ref().map(|(k, i)| (k.as_path(), i.as_path())),
-                from: &from,
-            };
             let failed = tx.clone();
-            archive(&u, ToBody { tx }).inspect_err(|e| {
+            archive(&upload, ToBody { tx }).inspect_err(|e| {
                 // The body ends in an error, so that the server does not take a short archive
                 // as the whole one.
                 let _ = failed.blocking_send(Err(std::io::Error::new(e.kind(), e.to_string())));
@@ -169,17 +157,7 @@ impl Remote {
                 )))
             }
         };
-        let op = match serde_json::from_slice::<Response<Nothing>>(&answer) {
-            Ok(Response::Async { metadata, .. }) => *metadata,
-            Ok(Response::Error { error, .. }) => return Err(error),
-            _ => {
-                return Err(Error::internal(format!(
-                    "{} answered the upload with HTTP {status} and a body berth cannot read: {}",
-                    self.endpoint,
-                    String::from_utf8_lossy(&answer[..answer.len().min(200)])
-                )))
-            }
-        };
+        let op = self.begun("PUT", &path, self.envelope("PUT", &path, status, &answer)?)?;
         self.follow(op, events)?.image_outcome()
     }
 }
@@ -201,9 +179,9 @@ mod tests {
         std::fs::write(&i, b"initrd").unwrap();
         let mut out = Vec::new();
         let u = Upload {
-            disk: &disk,
-            boot: Some((&k, &i)),
-            from: "a.qcow2",
+            disk: disk.clone(),
+            boot: Some((k.clone(), i.clone())),
+            from: "a.qcow2".into(),
         };
         archive(&u, &mut out).unwrap();
         let mut a = tar::Archive::new(out.as_slice());

@@ -18,7 +18,7 @@ use serde::Serialize;
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub use exec::{window_size, Streams};
+pub use exec::{window_size, RawMode, Streams};
 pub use images::Upload;
 pub use transport::{client_identity, Endpoint};
 
@@ -73,7 +73,18 @@ impl Remote {
         let (status, answer) =
             self.rt
                 .block_on(transport::send(&self.endpoint, method, path, bytes))?;
-        serde_json::from_slice::<Response<T>>(&answer).map_err(|e| {
+        self.envelope(method, path, status, &answer)
+    }
+
+    /// The envelope of the answer (HTTP `status`, body `answer`) to `METHOD path`.
+    fn envelope<T: DeserializeOwned>(
+        &self,
+        method: &str,
+        path: &str,
+        status: u16,
+        answer: &[u8],
+    ) -> Result<Response<T>, Error> {
+        serde_json::from_slice::<Response<T>>(answer).map_err(|e| {
             Error::internal(format!(
                 "{} answered {method} {path} with HTTP {status} and a body berth cannot read \
                  ({e}): {}",
@@ -99,7 +110,18 @@ impl Remote {
         path: &str,
         body: Option<&impl Serialize>,
     ) -> Result<Operation, Error> {
-        match self.call::<serde_json::Value>(method, path, body)? {
+        let answer = self.call::<serde_json::Value>(method, path, body)?;
+        self.begun(method, path, answer)
+    }
+
+    /// The operation `answer` (to `METHOD path`) says began, or its error.
+    fn begun(
+        &self,
+        method: &str,
+        path: &str,
+        answer: Response<serde_json::Value>,
+    ) -> Result<Operation, Error> {
+        match answer {
             Response::Async { metadata, .. } => Ok(*metadata),
             Response::Error { error, .. } => Err(error),
             Response::Sync { .. } => Err(Error::internal(format!(
