@@ -31,7 +31,10 @@ const RESTART_WAIT: Duration = Duration::from_secs(300);
 pub(crate) fn image_kind(e: &ImageError) -> ErrorKind {
     match e {
         ImageError::NotFound(_) => ErrorKind::NotFound,
-        ImageError::UnknownRecipe(_) | ImageError::BadName(_) => ErrorKind::Invalid,
+        ImageError::Exists(_) => ErrorKind::Conflict,
+        ImageError::UnknownRecipe(_) | ImageError::BadName(_) | ImageError::HalfBoot => {
+            ErrorKind::Invalid
+        }
         _ => ErrorKind::Internal,
     }
 }

@@ -34,6 +34,7 @@ pub struct ImportFiles {
 fn image_error(e: ImageError) -> Error {
     match &e {
         ImageError::UnknownRecipe(_) => Error::from_chain(ErrorKind::Invalid, &e).on("recipe"),
+        ImageError::HalfBoot => Error::from_chain(ErrorKind::Invalid, &e).on("kernel"),
         _ => Error::from_chain(image_kind(&e), &e),
     }
 }
@@ -190,17 +191,6 @@ impl Executor {
         let _lock = locks::acquire(&self.dirs, &format!("image@{name}"), "import image")?;
         let store = self.image_store();
         store.sweep();
-        if store.path(name).exists() {
-            return Err(Error::conflict(format!(
-                "an image named {name:?} already exists (berth image rm {name})"
-            )));
-        }
-        if files.kernel.is_some() != files.initrd.is_some() {
-            return Err(Error::invalid(
-                "kernel",
-                "give both a kernel and an initrd, or neither",
-            ));
-        }
         let mut p = Progress {
             name: name.to_string(),
             started: Instant::now(),

@@ -20,16 +20,10 @@ impl Store {
         use berth_identity::image_fs::ImageFs;
         check_name(name)?;
         if self.path(name).exists() {
-            return Err(ImageError::Tool {
-                tool: "import".into(),
-                detail: format!("an image named {name:?} already exists (berth image rm {name})"),
-            });
+            return Err(ImageError::Exists(name.to_string()));
         }
         if kernel.is_some() != initrd.is_some() {
-            return Err(ImageError::Tool {
-                tool: "import".into(),
-                detail: "give both --kernel and --initrd, or neither".into(),
-            });
+            return Err(ImageError::HalfBoot);
         }
         let fs = ImageFs::open(file, None, policy).map_err(|e| ImageError::Tool {
             tool: "import".into(),

@@ -32,6 +32,12 @@ pub enum ImageError {
     /// No such image.
     #[error("no image named {0:?} (see `berth image list`)")]
     NotFound(String),
+    /// The name is taken.
+    #[error("an image named {0:?} already exists (berth image rm {0})")]
+    Exists(String),
+    /// A kernel without its initrd, or the other way round.
+    #[error("give both a kernel and an initrd, or neither")]
+    HalfBoot,
     /// A tool failed.
     #[error("{tool} failed: {detail}")]
     Tool {
