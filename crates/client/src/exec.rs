@@ -28,49 +28,10 @@ impl std::fmt::Debug for Streams<'_> {
 
 /// This process's terminal size (of standard output, else input), if it has a terminal.
 pub fn window_size() -> Option<berth_api::WindowSize> {
-    let ws = rustix::termios::tcgetwinsize(rustix::stdio::stdout())
-        .or_else(|_| rustix::termios::tcgetwinsize(rustix::stdio::stdin()))
-        .ok()?;
-    Some(berth_api::WindowSize {
-        cols: ws.ws_col,
-        rows: ws.ws_row,
-    })
+    berth_term::size().map(|(cols, rows)| berth_api::WindowSize { cols, rows })
 }
 
-/// Standard input's terminal in raw mode (what is typed goes to the remote pty or console as
-/// it is, ^C included) for as long as this lives; its old mode comes back on drop. Nothing is
-/// changed when `interactive` is false or standard input is no terminal.
-#[derive(Debug)]
-pub struct RawMode(Option<rustix::termios::Termios>);
-
-impl RawMode {
-    /// Make standard input's terminal raw (when `interactive`).
-    pub fn enter(interactive: bool) -> RawMode {
-        let stdin = rustix::stdio::stdin();
-        if !interactive || !rustix::termios::isatty(stdin) {
-            return RawMode(None);
-        }
-        let old = rustix::termios::tcgetattr(stdin).ok();
-        if let Some(o) = &old {
-            let mut raw = o.clone();
-            raw.make_raw();
-            let _ = rustix::termios::tcsetattr(stdin, rustix::termios::OptionalActions::Now, &raw);
-        }
-        RawMode(old)
-    }
-}
-
-impl Drop for RawMode {
-    fn drop(&mut self) {
-        if let Some(o) = &self.0 {
-            let _ = rustix::termios::tcsetattr(
-                rustix::stdio::stdin(),
-                rustix::termios::OptionalActions::Now,
-                o,
-            );
-        }
-    }
-}
+pub use berth_term::RawMode;
 
 /// An answer that was not an upgrade: the API's error in it, if it has one.
 fn refused(endpoint: &Endpoint, e: tokio_tungstenite::tungstenite::Error) -> Error {
