@@ -194,9 +194,26 @@ pub struct SshArgs {
 pub struct ExecArgs {
     /// Instance.
     pub name: String,
+    /// Give the command a terminal (a pty in the guest) even when berth's input or output is no
+    /// terminal. By default it gets one when both are.
+    #[arg(short = 't', long, conflicts_with = "force_noninteractive")]
+    pub force_interactive: bool,
+    /// Give the command pipes, not a terminal, even when berth runs in one.
+    #[arg(short = 'T', long)]
+    pub force_noninteractive: bool,
     /// The command.
     #[arg(last = true, required = true)]
     pub command: Vec<String>,
+}
+
+impl ExecArgs {
+    /// Whether the command gets a terminal, as `incus exec` decides it.
+    fn interactive(&self) -> bool {
+        self.force_interactive
+            || (!self.force_noninteractive
+                && std::io::stdin().is_terminal()
+                && std::io::stdout().is_terminal())
+    }
 }
 
 fn say(msg: &str) {
@@ -565,8 +582,8 @@ pub fn ssh(a: SshArgs) -> Result<Status> {
 
 pub fn exec(a: ExecArgs) -> Result<Status> {
     let r = InstanceExec {
+        interactive: a.interactive(),
         command: a.command,
-        interactive: false,
     };
     let (client, name) = client::target(&a.name)?;
     Ok(exec_status(client.exec(&name, &r)?))

@@ -31,6 +31,7 @@ use thiserror::Error;
 mod mounts;
 mod seccomp;
 mod spawn;
+mod terminal;
 
 use mounts::*;
 use seccomp::*;

@@ -172,7 +172,14 @@ impl Prepared {
     /// Run `args` in the running container whose first process is `pid` (`berth exec`):
     /// joining its namespaces and cgroup, with the same credentials, capabilities and seccomp
     /// filter as its command. Waits for it: its exit status, or 128 + the signal that ended it.
-    pub fn exec_in(&self, pid: u32, args: &[String]) -> Result<i32, DirectError> {
+    /// With `interactive`, the command runs on a pty of the container's own, relayed to berth's
+    /// standard input and output (see [`super::terminal`]).
+    pub fn exec_in(
+        &self,
+        pid: u32,
+        args: &[String],
+        interactive: bool,
+    ) -> Result<i32, DirectError> {
         if args.is_empty() {
             return Err(DirectError::Unsupported("no command".into()));
         }
@@ -205,6 +212,16 @@ impl Prepared {
             .collect::<Result<Vec<_>, _>>()?;
         let filter = self.seccomp_program()?;
         let (tasks, group) = self.open_group()?;
+        let terminal = if interactive {
+            let owner = if self.user_ns {
+                super::terminal::outside(&self.uid_map, self.uid)
+            } else {
+                Some(self.uid)
+            };
+            Some(super::terminal::Terminal::open_in(pid, owner)?)
+        } else {
+            None
+        };
         // A new process lands in the pid namespace of its parent's pid_for_children: berth's,
         // for this one clone, then back.
         let own =
@@ -215,6 +232,9 @@ impl Prepared {
             .map_err(|e| host("entering the container's pid namespace")(e.into()))?;
         me.hostname = None;
         let forked = fork(0, group.as_ref(), || {
+            if let Some(t) = &terminal {
+                super::terminal::attach(t.slave())?;
+            }
             for (mut f, p) in tasks.iter().zip(&me.join_tasks) {
                 f.write_all(b"0")
                     .map_err(|e| format!("joining {}: {e}", p.display()))?;
@@ -229,6 +249,13 @@ impl Prepared {
         let (child, errors) = forked?;
         back.map_err(|e| host("leaving the container's pid namespace")(e.into()))?;
         let failure = report(&errors)?;
+        if let (None, Some(t)) = (&failure, terminal) {
+            // A relay that fails (berth's output gone) closes the master, which hangs the
+            // command's terminal up; berth still waits for it.
+            if let Err(e) = t.relay(child) {
+                tracing::warn!("relaying the terminal of the command in process {pid}: {e}");
+            }
+        }
         let code =
             crate::runtime::wait_status(child as i32).map_err(host("waiting for the command"))?;
         match failure {

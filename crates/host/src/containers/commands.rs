@@ -4,8 +4,14 @@
 use super::*;
 
 impl Containers {
-    /// Run a command in a running container; its exit status.
-    pub fn exec(&self, name: &str, args: Vec<String>) -> Result<CommandExit, ContainerError> {
+    /// Run a command in a running container; its exit status. An `interactive` one gets a pty of
+    /// the container's own, relayed to this process's standard input and output.
+    pub fn exec(
+        &self,
+        name: &str,
+        args: Vec<String>,
+        interactive: bool,
+    ) -> Result<CommandExit, ContainerError> {
         let (_, rec) = self.get(name)?;
         if !self.is_running(&rec) {
             return Err(ContainerError::Invalid(format!(
@@ -29,7 +35,7 @@ impl Containers {
         let pid = rec.pid.unwrap_or(0);
         let prepared = direct::prepare(&spec, &exec_views(&cgroup, pid))?;
         let before = cgroup.oom_kills().unwrap_or(0);
-        let code = prepared.exec_in(pid, &args)?;
+        let code = prepared.exec_in(pid, &args, interactive)?;
         Ok(CommandExit {
             code,
             oom_kills: cgroup.oom_kills().unwrap_or(0).saturating_sub(before),

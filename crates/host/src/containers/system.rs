@@ -322,6 +322,7 @@ impl Containers {
                 "-c".into(),
                 script.into(),
             ],
+            false,
         )?;
         match code.code {
             0 => Ok(()),

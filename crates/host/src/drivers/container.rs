@@ -17,7 +17,7 @@ use std::time::Duration;
 const SHELL: [&str; 2] = ["/bin/bash", "-l"];
 
 /// A container driver error as an API error.
-pub(crate) fn container_error(e: ContainerError) -> Error {
+fn container_error(e: ContainerError) -> Error {
     let kind = match &e {
         ContainerError::NotFound(_) => ErrorKind::NotFound,
         ContainerError::Invalid(_) | ContainerError::File(_) | ContainerError::Spec(_) => {
@@ -130,7 +130,7 @@ impl Driver for Containers {
         } else {
             r.command.clone()
         };
-        container_exit(Containers::exec(self, name, command))
+        container_exit(Containers::exec(self, name, command, r.interactive))
     }
 
     fn console_log(&self, name: &str) -> Result<PathBuf, Error> {
