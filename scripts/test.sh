@@ -16,7 +16,9 @@ echo "== end-to-end tests again, through berth daemon (a subset, unchanged)"
 BERTH_E2E_THROUGH_DAEMON=1 cargo test --quiet -p berth-cli --test e2e_container -- \
   exit_status_hostname_and_isolation memory_limit_oom_kills_inside_only \
   kept_container_lists_and_deletes_clean bad_limits_are_refused_before_anything_is_made \
-  system_container_boots_systemd_with_its_own_identity exec_joins_a_running_command_container 2>&1
+  exec_joins_a_running_command_container 2>&1
+BERTH_E2E_THROUGH_DAEMON=1 cargo test --quiet -p berth-cli --test e2e_system_container -- \
+  system_container_boots_systemd_with_its_own_identity 2>&1
 BERTH_E2E_THROUGH_DAEMON=1 cargo test --quiet -p berth-cli --test e2e_vm -- \
   the_missions_cloud_config_as_written_serves_nginx 2>&1
 echo "== fuzz (bounded)"

@@ -60,26 +60,6 @@ const GUARDED: &[(&str, &str)] = &[
     ("GET", "/1.0/nothing"),
 ];
 
-/// `berth shell` through the remote: a terminal there (standard input and output are one) of
-/// this terminal's size, resized with it, and the shell's exit status back.
-fn shell_has_a_pty(c: &Client, target: &str) {
-    let (shown, code) = c.shell_on_pty(
-        target,
-        "test -t 0 && test -t 1 && echo on-a-$((6*7)); echo size $(stty size); sleep 10; \
-         echo size $(stty size); exit 7\n",
-    );
-    assert_eq!(code, Some(7), "{target}: {shown}");
-    assert!(shown.contains("on-a-42"), "{target}: no terminal: {shown}");
-    assert!(
-        shown.contains("size 33 91"),
-        "{target}: not this size: {shown}"
-    );
-    assert!(
-        shown.contains("size 40 100"),
-        "{target}: not resized: {shown}"
-    );
-}
-
 #[test]
 fn a_second_host_is_joined_and_its_guests_managed_over_https() {
     let mut h = SecondHost::start();
@@ -156,7 +136,7 @@ fn a_second_host_is_joined_and_its_guests_managed_over_https() {
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout), "over https\n");
     common::console_answers_with(c.command(), &t);
-    shell_has_a_pty(&c, &t);
+    common::shell_has_a_pty(c.command(), &t);
     c.run_ok(&["set", &t, "memory=200M"]);
     let info: Value = serde_json::from_str(&c.run_ok(&["info", "--json", &t])).unwrap();
     assert_eq!(info["limits"]["memory"], "200M", "{info}");
@@ -179,7 +159,7 @@ fn a_second_host_is_joined_and_its_guests_managed_over_https() {
     );
     let out = c.run_input(&["exec", &tv, "--", "cat"], b"to the vm\n");
     assert_eq!(String::from_utf8_lossy(&out.stdout), "to the vm\n");
-    shell_has_a_pty(&c, &tv);
+    common::shell_has_a_pty(c.command(), &tv);
 
     // Metrics, as the trusted client reads them (its own certificate), pass promtool's check
     // and show both guests running and using CPU and memory.

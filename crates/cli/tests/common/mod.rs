@@ -2,6 +2,8 @@
 //! folder (`BERTH_DIR`), and insist on success.
 #![allow(dead_code)]
 
+pub mod ct;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
@@ -9,12 +11,18 @@ use std::sync::OnceLock;
 /// Run `berth ARGS` with `BERTH_DIR=state` (through a daemon on it with
 /// [`THROUGH_DAEMON`] set).
 pub fn run(state: &Path, args: &[&str]) -> Output {
+    command(state).args(args).output().expect("berth runs")
+}
+
+/// `berth` with `BERTH_DIR=state` (through a daemon on it with [`THROUGH_DAEMON`] set), to be
+/// given its arguments.
+pub fn command(state: &Path) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_berth"));
-    c.args(args).env("BERTH_DIR", state);
+    c.env("BERTH_DIR", state);
     if let Some(conf) = through_daemon(state) {
         c.env("BERTH_CONF", conf);
     }
-    c.output().expect("berth runs")
+    c
 }
 
 /// With this set (to 1), every command [`run`] runs goes through a `berth daemon` on its data
@@ -91,6 +99,71 @@ pub fn stdout_of(args: &[&str], out: Output) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `berth shell TARGET` (`base` is `berth` as it is set up) on a terminal of 91x33 columns and rows (made by script(1)) that
+/// becomes 100x40 after 6 s, with `input` typed: what the terminal showed, and its status.
+pub fn shell_on_pty(base: Command, target: &str, input: &str) -> (String, Option<i32>) {
+    use std::io::Write;
+    let line = format!(
+        "stty cols 91 rows 33; (sleep 6; stty cols 100 rows 40 </dev/tty) & exec {} shell {target}",
+        base.get_program().to_string_lossy()
+    );
+    let mut c = Command::new("script");
+    c.args(["-qefc", &line, "/dev/null"]);
+    for (k, v) in base.get_envs() {
+        if let Some(v) = v {
+            c.env(k, v);
+        }
+    }
+    let mut child = c
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("script runs");
+    child
+        .stdin
+        .as_mut()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).replace('\r', "");
+    (text, out.status.code())
+}
+
+/// `berth shell TARGET` on a pty ([`shell_on_pty`]): its standard input and output are a
+/// terminal, named `/dev/pts/N` and owned by the shell's user, of this terminal's size and resized
+/// with it, and the shell's exit status comes back as berth's.
+pub fn shell_has_a_pty(base: Command, target: &str) {
+    let (shown, code) = shell_on_pty(
+        base,
+        target,
+        "test -t 0 && test -t 1 && echo on-a-$((6*7)); t=$(tty); echo \"tty $t\"; \
+         test -O \"$t\" && echo owned-by-me; echo size $(stty size); sleep 10; \
+         echo size $(stty size); exit 7\n",
+    );
+    assert_eq!(code, Some(7), "{target}: {shown}");
+    assert!(shown.contains("on-a-42"), "{target}: no terminal: {shown}");
+    assert!(
+        shown.lines().any(|l| l
+            .strip_prefix("tty /dev/pts/")
+            .is_some_and(|n| n.trim().parse::<u32>().is_ok())),
+        "{target}: the terminal has no name there: {shown}"
+    );
+    assert!(
+        shown.contains("owned-by-me"),
+        "{target}: the terminal is not the shell user's: {shown}"
+    );
+    assert!(
+        shown.contains("size 33 91"),
+        "{target}: not this size: {shown}"
+    );
+    assert!(
+        shown.contains("size 40 100"),
+        "{target}: not resized: {shown}"
+    );
 }
 
 /// Where the end-to-end tests keep their state and the cached base image (outside the repo).
@@ -331,39 +404,6 @@ impl Client {
         c.env("BERTH_DIR", self.data.path())
             .env("BERTH_CONF", self.conf.path());
         c
-    }
-
-    /// `berth shell TARGET` on a terminal of 91x33 columns and rows (made by script(1)) that
-    /// becomes 100x40 after 6 s, with `input` typed: what the terminal showed, and its status.
-    pub fn shell_on_pty(&self, target: &str, input: &str) -> (String, Option<i32>) {
-        use std::io::Write;
-        let base = self.command();
-        let line = format!(
-            "stty cols 91 rows 33; (sleep 6; stty cols 100 rows 40 </dev/tty) & exec {} shell {target}",
-            base.get_program().to_string_lossy()
-        );
-        let mut c = Command::new("script");
-        c.args(["-qefc", &line, "/dev/null"]);
-        for (k, v) in base.get_envs() {
-            if let Some(v) = v {
-                c.env(k, v);
-            }
-        }
-        let mut child = c
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("script runs");
-        child
-            .stdin
-            .as_mut()
-            .unwrap()
-            .write_all(input.as_bytes())
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
-        let text = String::from_utf8_lossy(&out.stdout).replace('\r', "");
-        (text, out.status.code())
     }
 
     /// Run `berth ARGS` as this client with `input` on its standard input.
