@@ -16,8 +16,7 @@ pub(super) async fn images(State(host): State<Host>) -> HttpResponse {
 }
 
 #[utoipa::path(get, path = "/1.0/images/{name}", tag = "images", params(("name" = String, Path, description = "The image")),
-    responses((status = 200, description = "The image", body = Response<Image>), (status = 404, description = "No such image", body = Response<berth_api::Nothing>), (status = 400, description = "A field or value is wrong (the error names it)", body = Response<berth_api::Nothing>),
-        (status = 403, description = "The client is not trusted", body = Response<berth_api::Nothing>)))]
+    responses((status = 200, description = "The image", body = Response<Image>), (status = 404, description = "No such image", body = Response<berth_api::Nothing>), documented::Refused))]
 pub(super) async fn image_info(State(host): State<Host>, Path(raw): Path<String>) -> HttpResponse {
     match name(&raw) {
         Ok(n) => perform(host.dirs, move |ex| ex.image(&n)).await,
@@ -26,8 +25,7 @@ pub(super) async fn image_info(State(host): State<Host>, Path(raw): Path<String>
 }
 
 #[utoipa::path(delete, path = "/1.0/images/{name}", tag = "images", params(("name" = String, Path, description = "The image")),
-    responses((status = 200, description = "Removed", body = Response<berth_api::Nothing>), (status = 404, description = "No such image", body = Response<berth_api::Nothing>), (status = 409, description = "Instances are made from it", body = Response<berth_api::Nothing>), (status = 400, description = "A field or value is wrong (the error names it)", body = Response<berth_api::Nothing>),
-        (status = 403, description = "The client is not trusted", body = Response<berth_api::Nothing>)))]
+    responses((status = 200, description = "Removed", body = Response<berth_api::Nothing>), (status = 404, description = "No such image", body = Response<berth_api::Nothing>), (status = 409, description = "Instances are made from it", body = Response<berth_api::Nothing>), documented::Refused))]
 pub(super) async fn image_delete(
     State(host): State<Host>,
     Path(raw): Path<String>,
@@ -44,8 +42,7 @@ pub(super) async fn image_delete(
 }
 
 #[utoipa::path(post, path = "/1.0/images", tag = "images", request_body = ImageBuild,
-    responses((status = 202, description = "Begun: the operation follows it", body = Response<berth_api::Nothing>), (status = 409, description = "Another request holds the image", body = Response<berth_api::Nothing>), (status = 400, description = "A field or value is wrong (the error names it)", body = Response<berth_api::Nothing>),
-        (status = 403, description = "The client is not trusted", body = Response<berth_api::Nothing>)))]
+    responses(documented::Begun, (status = 409, description = "Another request holds the image", body = Response<berth_api::Nothing>), documented::Refused))]
 pub(super) async fn build(
     State(host): State<Host>,
     bytes: Result<Bytes, BytesRejection>,

@@ -139,8 +139,7 @@ fn log_range(query: Option<&str>) -> Result<(u64, u64), Error> {
 #[utoipa::path(get, path = "/1.0/instances/{name}/logs", tag = "instances",
     params(("name" = String, Path, description = "The instance"), ("offset" = Option<u64>, Query, description = "Byte offset"),
         ("max" = Option<u64>, Query, description = "At most this many bytes (1 MiB cap)")),
-    responses((status = 200, description = "Part of the console log", body = Response<LogChunk>), (status = 404, description = "No such instance", body = Response<berth_api::Nothing>), (status = 400, description = "A field or value is wrong (the error names it)", body = Response<berth_api::Nothing>),
-        (status = 403, description = "The client is not trusted", body = Response<berth_api::Nothing>)))]
+    responses((status = 200, description = "Part of the console log", body = Response<LogChunk>), documented::NoInstance, documented::Refused))]
 pub(super) async fn logs(
     State(host): State<Host>,
     Path(raw): Path<String>,
@@ -166,8 +165,7 @@ pub(super) async fn existing(host: &Host, raw: &str) -> Result<String, Error> {
 
 #[utoipa::path(get, path = "/1.0/instances/{name}/exec", tag = "instances", params(("name" = String, Path, description = "The instance")),
     description = "A websocket: the first text frame is a start (StreamControl), binary frames carry the streams (first byte 0 stdin, 1 stdout, 2 stderr), the last text frame is an exit or an error.",
-    responses((status = 101, description = "Switching to the websocket"), (status = 404, description = "No such instance", body = Response<berth_api::Nothing>), (status = 400, description = "A field or value is wrong (the error names it)", body = Response<berth_api::Nothing>),
-        (status = 403, description = "The client is not trusted", body = Response<berth_api::Nothing>)))]
+    responses(documented::Upgraded, documented::NoInstance, documented::Refused))]
 pub(super) async fn exec(
     State(host): State<Host>,
     Path(raw): Path<String>,
@@ -181,10 +179,13 @@ pub(super) async fn exec(
     }
 }
 
-#[utoipa::path(get, path = "/1.0/run", tag = "instances",
+#[utoipa::path(
+    get,
+    path = "/1.0/run",
+    tag = "instances",
     description = "A websocket as exec's, whose first text frame is a run (StreamControl).",
-    responses((status = 101, description = "Switching to the websocket"), (status = 400, description = "A field or value is wrong (the error names it)", body = Response<berth_api::Nothing>),
-        (status = 403, description = "The client is not trusted", body = Response<berth_api::Nothing>)))]
+    responses(documented::Upgraded, documented::Refused)
+)]
 pub(super) async fn run(
     State(host): State<Host>,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
@@ -196,8 +197,7 @@ pub(super) async fn run(
 
 #[utoipa::path(get, path = "/1.0/instances/{name}/console", tag = "instances", params(("name" = String, Path, description = "The instance")),
     description = "A websocket: binary frames, 0 what is typed, 1 what the console prints.",
-    responses((status = 101, description = "Switching to the websocket"), (status = 404, description = "No such instance", body = Response<berth_api::Nothing>), (status = 409, description = "It is not running", body = Response<berth_api::Nothing>), (status = 400, description = "A field or value is wrong (the error names it)", body = Response<berth_api::Nothing>),
-        (status = 403, description = "The client is not trusted", body = Response<berth_api::Nothing>)))]
+    responses(documented::Upgraded, documented::NoInstance, (status = 409, description = "It is not running", body = Response<berth_api::Nothing>), documented::Refused))]
 pub(super) async fn console(
     State(host): State<Host>,
     Path(raw): Path<String>,
@@ -225,8 +225,7 @@ pub(super) async fn list(State(host): State<Host>) -> HttpResponse {
 }
 
 #[utoipa::path(get, path = "/1.0/instances/{name}", tag = "instances", params(("name" = String, Path, description = "The instance")),
-    responses((status = 200, description = "The instance, with live usage", body = Response<Instance>), (status = 404, description = "No such instance", body = Response<berth_api::Nothing>), (status = 400, description = "A field or value is wrong (the error names it)", body = Response<berth_api::Nothing>),
-        (status = 403, description = "The client is not trusted", body = Response<berth_api::Nothing>)))]
+    responses((status = 200, description = "The instance, with live usage", body = Response<Instance>), documented::NoInstance, documented::Refused))]
 pub(super) async fn info(State(host): State<Host>, Path(raw): Path<String>) -> HttpResponse {
     match name(&raw) {
         Ok(n) => perform(host.dirs, move |ex| ex.info(&n)).await,
@@ -235,8 +234,7 @@ pub(super) async fn info(State(host): State<Host>, Path(raw): Path<String>) -> H
 }
 
 #[utoipa::path(post, path = "/1.0/instances", tag = "instances", request_body = InstanceCreate,
-    responses((status = 202, description = "Begun: the operation follows it", body = Response<berth_api::Nothing>), (status = 409, description = "The name is taken, or another command holds the instance", body = Response<berth_api::Nothing>), (status = 400, description = "A field or value is wrong (the error names it)", body = Response<berth_api::Nothing>),
-        (status = 403, description = "The client is not trusted", body = Response<berth_api::Nothing>)))]
+    responses(documented::Begun, (status = 409, description = "The name is taken, or another command holds the instance", body = Response<berth_api::Nothing>), documented::Refused))]
 pub(super) async fn create(
     State(host): State<Host>,
     bytes: Result<Bytes, BytesRejection>,
@@ -253,8 +251,7 @@ pub(super) async fn create(
 }
 
 #[utoipa::path(put, path = "/1.0/instances/{name}/state", tag = "instances", params(("name" = String, Path, description = "The instance")),
-    request_body = InstanceStateChange, responses((status = 202, description = "Begun: the operation follows it", body = Response<berth_api::Nothing>), (status = 404, description = "No such instance", body = Response<berth_api::Nothing>), (status = 400, description = "A field or value is wrong (the error names it)", body = Response<berth_api::Nothing>),
-        (status = 403, description = "The client is not trusted", body = Response<berth_api::Nothing>)))]
+    request_body = InstanceStateChange, responses(documented::Begun, documented::NoInstance, documented::Refused))]
 pub(super) async fn change_state(
     State(host): State<Host>,
     Path(raw): Path<String>,
@@ -269,8 +266,7 @@ pub(super) async fn change_state(
 }
 
 #[utoipa::path(patch, path = "/1.0/instances/{name}", tag = "instances", params(("name" = String, Path, description = "The instance")),
-    request_body = InstanceSet, responses((status = 202, description = "Begun: the operation follows it", body = Response<berth_api::Nothing>), (status = 404, description = "No such instance", body = Response<berth_api::Nothing>), (status = 400, description = "A field or value is wrong (the error names it)", body = Response<berth_api::Nothing>),
-        (status = 403, description = "The client is not trusted", body = Response<berth_api::Nothing>)))]
+    request_body = InstanceSet, responses(documented::Begun, documented::NoInstance, documented::Refused))]
 pub(super) async fn set(
     State(host): State<Host>,
     Path(raw): Path<String>,
@@ -285,8 +281,7 @@ pub(super) async fn set(
 
 #[utoipa::path(delete, path = "/1.0/instances/{name}", tag = "instances", params(("name" = String, Path, description = "The instance")),
     request_body(content = InstanceDelete, description = "Optional: no body is {\"force\": false}"),
-    responses((status = 202, description = "Begun: the operation follows it", body = Response<berth_api::Nothing>), (status = 404, description = "No such instance", body = Response<berth_api::Nothing>), (status = 400, description = "A field or value is wrong (the error names it)", body = Response<berth_api::Nothing>),
-        (status = 403, description = "The client is not trusted", body = Response<berth_api::Nothing>)))]
+    responses(documented::Begun, documented::NoInstance, documented::Refused))]
 pub(super) async fn delete(
     State(host): State<Host>,
     Path(raw): Path<String>,

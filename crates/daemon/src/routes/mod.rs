@@ -26,6 +26,7 @@
 //! Every answer is a [`Response`] with the error's HTTP status; an unknown path is a 404 in the
 //! same envelope.
 
+mod documented;
 pub(crate) mod images;
 pub(crate) mod instances;
 pub(crate) mod server;

@@ -5,15 +5,13 @@ use super::*;
 use berth_api::{Operation, TrustedClient};
 
 #[utoipa::path(get, path = "/1.0/operations", tag = "operations",
-    responses((status = 200, description = "Every operation kept", body = Response<Vec<Operation>>), (status = 400, description = "A field or value is wrong (the error names it)", body = Response<berth_api::Nothing>),
-        (status = 403, description = "The client is not trusted", body = Response<berth_api::Nothing>)))]
+    responses((status = 200, description = "Every operation kept", body = Response<Vec<Operation>>), documented::Refused))]
 pub(super) async fn operations(State(host): State<Host>) -> HttpResponse {
     answer(Ok(host.ops.list()))
 }
 
 #[utoipa::path(get, path = "/1.0/operations/{id}", tag = "operations", params(("id" = String, Path, description = "The operation")),
-    responses((status = 200, description = "The operation", body = Response<Operation>), (status = 404, description = "No such operation", body = Response<berth_api::Nothing>), (status = 400, description = "A field or value is wrong (the error names it)", body = Response<berth_api::Nothing>),
-        (status = 403, description = "The client is not trusted", body = Response<berth_api::Nothing>)))]
+    responses((status = 200, description = "The operation", body = Response<Operation>), (status = 404, description = "No such operation", body = Response<berth_api::Nothing>), documented::Refused))]
 pub(super) async fn operation(State(host): State<Host>, Path(id): Path<String>) -> HttpResponse {
     answer(host.ops.get(&id))
 }
@@ -36,8 +34,7 @@ fn timeout_of(query: Option<&str>) -> Result<Option<std::time::Duration>, Error>
 
 #[utoipa::path(get, path = "/1.0/operations/{id}/wait", tag = "operations",
     params(("id" = String, Path, description = "The operation"), ("timeout" = Option<f64>, Query, description = "Seconds; none or negative: until it ends")),
-    responses((status = 200, description = "The operation once it has ended, or as it is after the timeout", body = Response<Operation>), (status = 404, description = "No such operation", body = Response<berth_api::Nothing>), (status = 400, description = "A field or value is wrong (the error names it)", body = Response<berth_api::Nothing>),
-        (status = 403, description = "The client is not trusted", body = Response<berth_api::Nothing>)))]
+    responses((status = 200, description = "The operation once it has ended, or as it is after the timeout", body = Response<Operation>), (status = 404, description = "No such operation", body = Response<berth_api::Nothing>), documented::Refused))]
 pub(super) async fn wait(
     State(host): State<Host>,
     Path(id): Path<String>,
@@ -51,8 +48,7 @@ pub(super) async fn wait(
 
 #[utoipa::path(delete, path = "/1.0/operations/{id}", tag = "operations", params(("id" = String, Path, description = "The operation")),
     responses((status = 200, description = "Cancelling", body = Response<Operation>), (status = 404, description = "No such operation", body = Response<berth_api::Nothing>),
-        (status = 409, description = "It has ended", body = Response<berth_api::Nothing>), (status = 400, description = "A field or value is wrong (the error names it)", body = Response<berth_api::Nothing>),
-        (status = 403, description = "The client is not trusted", body = Response<berth_api::Nothing>)))]
+        (status = 409, description = "It has ended", body = Response<berth_api::Nothing>), documented::Refused))]
 pub(super) async fn cancel(State(host): State<Host>, Path(id): Path<String>) -> HttpResponse {
     match host.ops.cancel(&id) {
         Ok(pid) => {
@@ -126,8 +122,7 @@ pub(super) async fn join(
 #[utoipa::path(get, path = "/1.0/events", tag = "server",
     params(("type" = Option<String>, Query, description = "operation, lifecycle, logging (comma-separated); all when none")),
     description = "A websocket of DaemonEvent text frames.",
-    responses((status = 101, description = "Switching to the websocket"), (status = 400, description = "A field or value is wrong (the error names it)", body = Response<berth_api::Nothing>),
-        (status = 403, description = "The client is not trusted", body = Response<berth_api::Nothing>)))]
+    responses(documented::Upgraded, documented::Refused))]
 pub(super) async fn events(
     State(host): State<Host>,
     RawQuery(query): RawQuery,
@@ -191,8 +186,7 @@ pub(super) async fn events(
 
 /// Every instance with its live usage, in Prometheus' text format.
 #[utoipa::path(get, path = "/1.0/metrics", tag = "server",
-    responses((status = 200, description = "Every instance in Prometheus' text format", content_type = "text/plain", body = String), (status = 400, description = "A field or value is wrong (the error names it)", body = Response<berth_api::Nothing>),
-        (status = 403, description = "The client is not trusted", body = Response<berth_api::Nothing>)))]
+    responses((status = 200, description = "Every instance in Prometheus' text format", content_type = "text/plain", body = String), documented::Refused))]
 pub(super) async fn metrics(State(host): State<Host>) -> HttpResponse {
     let dirs = host.dirs.clone();
     let r = tokio::task::spawn_blocking(move || {
@@ -226,8 +220,7 @@ pub(super) async fn metrics(State(host): State<Host>) -> HttpResponse {
 }
 
 #[utoipa::path(get, path = "/1.0/certificates", tag = "trust",
-    responses((status = 200, description = "The trusted clients", body = Response<Vec<TrustedClient>>), (status = 400, description = "A field or value is wrong (the error names it)", body = Response<berth_api::Nothing>),
-        (status = 403, description = "The client is not trusted", body = Response<berth_api::Nothing>)))]
+    responses((status = 200, description = "The trusted clients", body = Response<Vec<TrustedClient>>), documented::Refused))]
 pub(super) async fn trusted_clients(State(host): State<Host>) -> HttpResponse {
     answer(crate::trust::list(&host.dirs))
 }
@@ -235,8 +228,7 @@ pub(super) async fn trusted_clients(State(host): State<Host>) -> HttpResponse {
 #[utoipa::path(delete, path = "/1.0/certificates/{who}", tag = "trust",
     params(("who" = String, Path, description = "A trusted client's name or fingerprint")),
     responses((status = 200, description = "No longer trusted", body = Response<TrustedClient>),
-        (status = 404, description = "No such client", body = Response<berth_api::Nothing>), (status = 400, description = "A field or value is wrong (the error names it)", body = Response<berth_api::Nothing>),
-        (status = 403, description = "The client is not trusted", body = Response<berth_api::Nothing>)))]
+        (status = 404, description = "No such client", body = Response<berth_api::Nothing>), documented::Refused))]
 pub(super) async fn not_trusted_any_more(
     State(host): State<Host>,
     Path(who): Path<String>,
