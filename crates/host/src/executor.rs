@@ -6,7 +6,7 @@
 
 use crate::containers::Containers;
 use crate::dirs::Dirs;
-use crate::drivers::{container_error, vm_error, Driver};
+use crate::drivers::Driver;
 use crate::images::ImageError;
 use crate::locks;
 use crate::requests;
@@ -76,7 +76,7 @@ fn row_type(row: &InstanceRow) -> Result<InstanceType, Error> {
 #[derive(Debug)]
 pub struct Executor {
     dirs: Dirs,
-    store: Store,
+    store: std::rc::Rc<Store>,
     vms: Vms,
     containers: Containers,
 }
@@ -102,11 +102,13 @@ impl Progress<'_> {
 impl Executor {
     /// Open the data dir's state.
     pub fn open(dirs: &Dirs) -> Result<Executor, Error> {
+        // One connection for the executor and both drivers: each open reads the schema again.
+        let store = std::rc::Rc::new(Store::open(&dirs.root).map_err(state_error)?);
         Ok(Executor {
             dirs: dirs.clone(),
-            store: Store::open(&dirs.root).map_err(state_error)?,
-            vms: Vms::open(dirs).map_err(vm_error)?,
-            containers: Containers::open(dirs).map_err(container_error)?,
+            vms: Vms::with_store(dirs, store.clone()),
+            containers: Containers::with_store(dirs, store.clone()),
+            store,
         })
     }
 

@@ -181,16 +181,24 @@ pub struct RunOptions {
 #[derive(Debug)]
 pub struct Containers {
     dirs: Dirs,
-    store: Store,
+    store: std::rc::Rc<Store>,
 }
 
 impl Containers {
     /// Open berth's state.
     pub fn open(dirs: &Dirs) -> Result<Containers, ContainerError> {
-        Ok(Containers {
+        Ok(Containers::with_store(
+            dirs,
+            std::rc::Rc::new(Store::open(&dirs.root)?),
+        ))
+    }
+
+    /// Over `store`, the data dir's state opened already (the executor's, shared by its drivers).
+    pub fn with_store(dirs: &Dirs, store: std::rc::Rc<Store>) -> Containers {
+        Containers {
             dirs: dirs.clone(),
-            store: Store::open(&dirs.root)?,
-        })
+            store,
+        }
     }
 
     fn dir(&self, name: &str) -> PathBuf {

@@ -11,8 +11,7 @@
 mod container;
 mod vm;
 
-pub(crate) use container::{container_error, container_exit};
-pub(crate) use vm::vm_error;
+pub(crate) use container::container_exit;
 
 use berth_api::{Error, ExecExit, Instance, InstanceCreate, InstanceExec};
 use berth_cloudinit::compose::UserData;

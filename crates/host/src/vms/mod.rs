@@ -184,7 +184,7 @@ pub fn default_kind(image_recipe: &str) -> Kind {
 #[derive(Debug)]
 pub struct Vms {
     dirs: Dirs,
-    store: Store,
+    store: std::rc::Rc<Store>,
 }
 
 fn free_port() -> Result<u16, VmError> {
@@ -309,10 +309,18 @@ fn ssh_base(rec: &VmRecord, dir: &Path) -> Command {
 impl Vms {
     /// Open berth's state.
     pub fn open(dirs: &Dirs) -> Result<Vms, VmError> {
-        Ok(Vms {
+        Ok(Vms::with_store(
+            dirs,
+            std::rc::Rc::new(Store::open(&dirs.root)?),
+        ))
+    }
+
+    /// Over `store`, the data dir's state opened already (the executor's, shared by its drivers).
+    pub fn with_store(dirs: &Dirs, store: std::rc::Rc<Store>) -> Vms {
+        Vms {
             dirs: dirs.clone(),
-            store: Store::open(&dirs.root)?,
-        })
+            store,
+        }
     }
 
     fn dir(&self, name: &str) -> PathBuf {
