@@ -7,4 +7,5 @@
 pub mod host;
 pub mod passt;
 pub mod probe;
+pub mod stream;
 pub mod vm;

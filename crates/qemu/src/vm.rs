@@ -105,6 +105,10 @@ pub struct VmSpec {
     /// which berth moves to passt when it starts them again.
     #[serde(default)]
     pub passt_socket: Option<PathBuf>,
+    /// The socket QEMU's NIC connects to when it is not passt's own: the relay that counts the
+    /// VM's network bytes on their way to passt (`berth_host::nic`).
+    #[serde(default)]
+    pub nic_socket: Option<PathBuf>,
 }
 
 /// The TCG CPU model for guests whose userland needs only the x86-64 baseline (berth's own
@@ -243,7 +247,7 @@ impl VmSpec {
         }
         // Network: passt on its socket (the forwards are passt's). QEMU's user-mode NAT only
         // for a spec without one, which would let the guest reach the host's loopback.
-        let netdev = match &self.passt_socket {
+        let netdev = match self.nic_socket.as_ref().or(self.passt_socket.as_ref()) {
             Some(s) => crate::passt::netdev(s),
             None => {
                 let mut n = "user,id=net0".to_string();
@@ -388,6 +392,7 @@ mod tests {
             pidfile: "/run/qemu.pid".into(),
             tcg_cpu: None,
             passt_socket: Some("/run/passt.sock".into()),
+            nic_socket: None,
         }
     }
 
@@ -461,6 +466,14 @@ mod tests {
         assert!(!a
             .iter()
             .any(|x| x.contains("hostfwd") || x.starts_with("user,")));
+        // Through the relay that counts its bytes, when there is one.
+        let mut counted = spec(Kind::Hybrid, Accel::Tcg);
+        counted.nic_socket = Some("/d/vm/nic.sock".into());
+        assert!(has_pair(
+            &counted.argv(),
+            "-netdev",
+            "stream,id=net0,server=off,addr.type=unix,addr.path=/d/vm/nic.sock"
+        ));
         // A record from before passt, as stored, still builds (berth moves it to passt when it
         // starts it).
         let mut old = spec(Kind::Hybrid, Accel::Tcg);
