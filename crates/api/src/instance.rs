@@ -134,6 +134,10 @@ pub struct VmDetails {
     /// details are flattened into one object, so their keys must differ.)
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub qemu_usage: Option<Usage>,
+    /// Bytes through its NIC since QEMU started, while it runs (`info` only), as berth's relay
+    /// between QEMU and passt counts them (frames, without the stream's length fields).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nic: Option<NetBytes>,
     /// SSH access.
     pub ssh: Ssh,
 }
@@ -153,12 +157,12 @@ pub struct Usage {
     pub io_write_bytes: Option<u64>,
 }
 
-/// Bytes through a container's network link.
+/// Bytes through an instance's network link.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct NetBytes {
-    /// Received by the container.
+    /// Received by the instance.
     pub received_bytes: u64,
-    /// Sent by the container.
+    /// Sent by the instance.
     pub sent_bytes: u64,
 }
 
@@ -280,6 +284,7 @@ mod tests {
                 }],
                 uptime_seconds: None,
                 qemu_usage: None,
+                nic: None,
                 ssh: Ssh {
                     user: "berth".into(),
                     port: 2222,

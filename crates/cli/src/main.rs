@@ -70,6 +70,9 @@ enum Command {
     /// Internal: hold a system container's console for `berth console` and `berth logs`.
     #[command(hide = true)]
     ConsoleRelay(container::RelayArgs),
+    /// Internal: relay a VM's NIC between QEMU and passt, counting its bytes.
+    #[command(hide = true)]
+    NicRelay(vm::NicRelayArgs),
     /// Change a container's limits, at once if it runs (KEY=VALUE, KEY=none lifts one).
     Set(container::SetArgs),
     /// A login shell in a container (an SSH session for a VM).
@@ -186,6 +189,7 @@ fn main() -> ExitCode {
         Command::Shell(a) => vm::shell(a),
         Command::Set(a) => container::set(a),
         Command::ConsoleRelay(a) => container::relay(a),
+        Command::NicRelay(a) => vm::nic_relay(a),
         Command::Seed(cmd) => seed::run(cmd),
         Command::MachineId(cmd) => machine_id::run(cmd),
         Command::Remote(cmd) => remote::run(cmd),

@@ -41,6 +41,17 @@ fn vm(i: &Instance, v: &VmDetails) {
     if let Some(u) = &v.qemu_usage {
         usage(u, "Threads:    ");
     }
+    if let Some(n) = &v.nic {
+        net_io(n);
+    }
+}
+
+fn net_io(n: &berth_api::NetBytes) {
+    println!(
+        "Network I/O: {} received, {} sent",
+        human_size(n.received_bytes),
+        human_size(n.sent_bytes)
+    );
 }
 
 /// Live usage lines (`tasks`: what its task count is called).
@@ -92,10 +103,6 @@ fn container(i: &Instance, c: &ContainerDetails) {
         usage(u, "Processes:  ");
     }
     if let Some(n) = &c.net {
-        println!(
-            "Network I/O: {} received, {} sent",
-            human_size(n.received_bytes),
-            human_size(n.sent_bytes)
-        );
+        net_io(n);
     }
 }

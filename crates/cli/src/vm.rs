@@ -627,3 +627,27 @@ pub fn console(a: NameArg) -> Result<Status> {
     eprintln!("\r\nDetached from {}.", a.name);
     Ok(Status(0))
 }
+
+// `berth nic-relay` (internal): a VM's NIC between QEMU and passt; see `berth_host::nic`.
+#[derive(Debug, Args)]
+pub struct NicRelayArgs {
+    /// The socket QEMU connects to (its listener arrives as standard input).
+    #[arg(long)]
+    pub socket: std::path::PathBuf,
+    /// passt's socket.
+    #[arg(long)]
+    pub passt: std::path::PathBuf,
+    /// Where the counts go.
+    #[arg(long)]
+    pub counters: std::path::PathBuf,
+}
+
+pub fn nic_relay(a: NicRelayArgs) -> Result<Status> {
+    use anyhow::Context;
+    use std::os::fd::AsFd;
+    let listener = std::io::stdin().as_fd().try_clone_to_owned()?;
+    let listener = std::os::unix::net::UnixListener::from(listener);
+    berth_host::nic::relay(listener, &a.passt, &a.counters)
+        .with_context(|| format!("relaying {} to {}", a.socket.display(), a.passt.display()))?;
+    Ok(Status(0))
+}

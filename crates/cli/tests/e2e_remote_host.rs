@@ -216,6 +216,19 @@ fn a_second_host_is_joined_and_its_guests_managed_over_https() {
             assert!(v > 0.0, "{line}");
         }
     }
+    // The VM's NIC, counted by its relay to passt: its DHCP lease and the SSH sessions above.
+    let labels = format!("{{name=\"{vm}\",type=\"vm\"}}");
+    for family in [
+        "berth_instance_network_receive_bytes_total",
+        "berth_instance_network_transmit_bytes_total",
+    ] {
+        let line = metrics
+            .lines()
+            .find(|l| l.starts_with(&format!("{family}{labels}")))
+            .unwrap_or_else(|| panic!("no {family} for {vm}: {metrics}"));
+        let v: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+        assert!(v > 1000.0, "{line}");
+    }
 
     // A client pinning another fingerprint is refused, whatever it asks.
     let wrong = Client::new();

@@ -1,6 +1,6 @@
 //! `GET /1.0/metrics`: every instance in Prometheus' text format (version 0.0.4), as Incus
 //! serves its metrics: its state, and while it runs its CPU seconds, memory, tasks, storage
-//! bytes and (a container's) network bytes.
+//! bytes and network bytes (a container's link on berth0, a VM's NIC).
 
 use berth_api::{Instance, Status, Usage};
 use std::fmt::Write as _;
@@ -73,12 +73,12 @@ pub fn render(instances: &[Instance]) -> String {
     let mut rx = Family::new(
         "berth_instance_network_receive_bytes_total",
         "counter",
-        "Bytes the instance received on its network link (containers on berth0).",
+        "Bytes the instance received on its network link (a container's on berth0, a VM's NIC).",
     );
     let mut tx = Family::new(
         "berth_instance_network_transmit_bytes_total",
         "counter",
-        "Bytes the instance sent on its network link (containers on berth0).",
+        "Bytes the instance sent on its network link (a container's on berth0, a VM's NIC).",
     );
     for i in instances {
         let labels = format!("name=\"{}\",type=\"{}\"", quoted(&i.name), i.instance_type);
@@ -104,7 +104,8 @@ pub fn render(instances: &[Instance]) -> String {
             add(&mut rd, u.io_read_bytes, 1.0);
             add(&mut wr, u.io_write_bytes, 1.0);
         }
-        if let Some(n) = i.container.as_ref().and_then(|c| c.net) {
+        let net = i.container.as_ref().and_then(|c| c.net);
+        if let Some(n) = net.or_else(|| i.vm.as_ref().and_then(|v| v.nic)) {
             rx.samples.push((labels.clone(), n.received_bytes as f64));
             tx.samples.push((labels.clone(), n.sent_bytes as f64));
         }
@@ -150,5 +151,25 @@ mod tests {
             "berth_instance_network_transmit_bytes_total{name=\"we\\\"b\",type=\"container\"} 6"
         ));
         assert!(text.contains("# TYPE berth_instance_memory_bytes gauge"));
+    }
+
+    #[test]
+    fn a_vms_nic_is_its_network_bytes() {
+        let i: Instance = serde_json::from_value(serde_json::json!({
+            "name": "vm", "type": "vm",
+            "state": {"state": "running", "reason": ""},
+            "image": "debian-12", "created_at": 0,
+            "kind": "hybrid", "accel": "tcg", "cpus": 1, "memory_mib": 512, "disk_size": 1,
+            "forwards": [], "ssh": {"user": "u", "port": 1, "key": "/k"},
+            "nic": {"received_bytes": 7000, "sent_bytes": 800}
+        }))
+        .unwrap();
+        let text = render(&[i]);
+        for line in [
+            "berth_instance_network_receive_bytes_total{name=\"vm\",type=\"vm\"} 7000",
+            "berth_instance_network_transmit_bytes_total{name=\"vm\",type=\"vm\"} 800",
+        ] {
+            assert!(text.contains(line), "{text}");
+        }
     }
 }

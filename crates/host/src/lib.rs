@@ -9,6 +9,7 @@ pub mod executor;
 pub mod images;
 pub mod locks;
 pub mod machine_ids;
+pub mod nic;
 mod passt;
 pub mod procs;
 pub mod requests;

@@ -11,13 +11,18 @@ use std::time::Duration;
 /// Which of berth's programs a command line (its arguments, NUL-split) is.
 pub type Program = fn(&[&[u8]]) -> bool;
 
-/// QEMU or passt.
+/// QEMU, passt or the NIC relay between them.
 pub fn vm_helper(args: &[&[u8]]) -> bool {
     let name = args
         .first()
         .map(|a| a.rsplit(|&b| b == b'/').next().unwrap_or(a))
         .unwrap_or_default();
-    name.starts_with(b"qemu-system") || name.starts_with(b"passt")
+    name.starts_with(b"qemu-system") || name.starts_with(b"passt") || nic_relay(args)
+}
+
+/// `berth nic-relay` (see `crate::nic`).
+pub fn nic_relay(args: &[&[u8]]) -> bool {
+    args.get(1) == Some(&&b"nic-relay"[..])
 }
 
 /// `berth console-relay`.

@@ -81,6 +81,22 @@ pub struct VmPaths {
 }
 
 impl VmPaths {
+    /// The VM's folder.
+    pub fn folder(&self) -> &Path {
+        self.qmp_socket.parent().unwrap_or(Path::new("/"))
+    }
+
+    /// The socket of the relay between QEMU and passt that counts the VM's network bytes (see
+    /// `crate::nic`); a path of its own, not a field: records written before it have none.
+    pub fn nic_socket(&self) -> PathBuf {
+        self.folder().join("nic.sock")
+    }
+
+    /// Where that relay keeps its counts.
+    pub fn nic_counters(&self) -> PathBuf {
+        self.folder().join("nic.counters")
+    }
+
     /// The files of the VM whose folder is `dir`.
     pub fn of(dir: &Path) -> VmPaths {
         VmPaths {
@@ -186,6 +202,7 @@ impl VmRecord {
             pidfile: self.paths.pidfile.clone(),
             tcg_cpu: c.tcg_cpu.clone(),
             passt_socket: Some(self.paths.passt_socket.clone()),
+            nic_socket: Some(self.paths.nic_socket()),
         }
     }
 }
@@ -258,6 +275,10 @@ mod tests {
         assert_eq!(
             spec.passt_socket.as_deref(),
             Some(Path::new("/d/instances/web/net/passt.sock"))
+        );
+        assert_eq!(
+            spec.nic_socket.as_deref(),
+            Some(Path::new("/d/instances/web/nic.sock"))
         );
     }
 

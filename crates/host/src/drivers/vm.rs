@@ -178,6 +178,14 @@ fn describe(vms: &Vms, row: &InstanceRow, rec: &VmRecord, st: VmState, live: boo
                 .then(|| qemu_pid(rec))
                 .flatten()
                 .map(crate::procs::usage),
+            nic: live
+                .then(|| qemu_pid(rec))
+                .flatten()
+                .and_then(|_| crate::nic::counts(&rec.paths))
+                .map(|n| berth_api::NetBytes {
+                    received_bytes: n.received_bytes,
+                    sent_bytes: n.sent_bytes,
+                }),
             ssh: Ssh {
                 user: rec.ssh_user.clone(),
                 port: rec.ssh_port,

@@ -253,6 +253,10 @@ impl Vms {
         // (A guest made before berth used passt moves to it now: its spec is made afresh.)
         let socket = rec.paths.passt_socket.clone();
         crate::passt::start(&spec).map_err(VmError::QemuStart)?;
+        if let Err(e) = crate::nic::start(&rec.paths) {
+            crate::passt::end(&socket);
+            return Err(VmError::QemuStart(e));
+        }
         let started = (|| {
             let out = Command::new(qemu)
                 .args(spec.argv())
@@ -272,6 +276,7 @@ impl Vms {
             Ok(())
         })();
         if started.is_err() {
+            crate::nic::end(rec.paths.folder());
             crate::passt::end(&socket);
         }
         started

@@ -458,6 +458,7 @@ impl Vms {
                 self.wait_gone(rec, Duration::from_secs(5));
             }
         }
+        crate::nic::end(rec.paths.folder());
         crate::passt::end(&rec.paths.passt_socket.clone());
         Ok(())
     }
