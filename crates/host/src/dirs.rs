@@ -68,6 +68,37 @@ impl Dirs {
     }
 }
 
+/// Where berth caches facts about the host itself, shared by every data dir on it (as libvirt
+/// keeps QEMU's capabilities in `/var/cache/libvirt`): `BERTH_CACHE_DIR` if set, `/var/cache/berth`
+/// for root, otherwise `$XDG_CACHE_HOME/berth` (`~/.cache/berth` when unset). `None` when
+/// nothing fits (no HOME, or a relative path): the caller keeps the fact in its data dir instead.
+pub fn host_cache(env: impl Fn(&str) -> Option<String>, uid: u32) -> Option<PathBuf> {
+    let absolute = |k: &str| {
+        env(k)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+            .filter(|p| p.is_absolute())
+    };
+    if let Some(d) = env("BERTH_CACHE_DIR").filter(|v| !v.is_empty()) {
+        return Some(PathBuf::from(d)).filter(|p| p.is_absolute());
+    }
+    if uid == 0 {
+        return Some("/var/cache/berth".into());
+    }
+    if let Some(x) = absolute("XDG_CACHE_HOME") {
+        return Some(x.join("berth"));
+    }
+    absolute("HOME").map(|h| h.join(".cache/berth"))
+}
+
+/// [`host_cache`] of the process's environment and effective uid.
+pub fn host_cache_from_env() -> Option<PathBuf> {
+    host_cache(
+        |k| std::env::var(k).ok(),
+        rustix::process::geteuid().as_raw(),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -105,5 +136,27 @@ mod tests {
             Dirs::resolve(env(&[("BERTH_DIR", "rel")]), 0),
             Err(DirsError::Relative("BERTH_DIR"))
         );
+    }
+
+    #[test]
+    fn host_facts_are_cached_outside_any_data_dir() {
+        assert_eq!(
+            host_cache(env(&[("BERTH_DIR", "/d")]), 0),
+            Some("/var/cache/berth".into())
+        );
+        assert_eq!(
+            host_cache(env(&[("BERTH_CACHE_DIR", "/c"), ("HOME", "/h")]), 1000),
+            Some("/c".into())
+        );
+        assert_eq!(
+            host_cache(env(&[("XDG_CACHE_HOME", "/x"), ("HOME", "/h")]), 1000),
+            Some("/x/berth".into())
+        );
+        assert_eq!(
+            host_cache(env(&[("XDG_CACHE_HOME", "rel"), ("HOME", "/h")]), 1000),
+            Some("/h/.cache/berth".into())
+        );
+        assert_eq!(host_cache(env(&[("BERTH_CACHE_DIR", "rel")]), 0), None);
+        assert_eq!(host_cache(env(&[]), 1000), None);
     }
 }

@@ -190,9 +190,10 @@ impl Vms {
         Ok(accel)
     }
 
-    /// The KVM probe result, cached in the data folder for as long as the QEMU binary, the
-    /// running kernel and /dev/kvm stay the same (a probe can take seconds on a host where KVM
-    /// is emulated; it is not repeated for every launch).
+    /// The KVM probe result, cached for the host (`dirs::host_cache`, else the data dir) for
+    /// as long as the QEMU binary, the running kernel and /dev/kvm stay the same: a probe takes
+    /// 4 s on a host where KVM is emulated, and is a fact about the host, not about one data dir,
+    /// so it is not repeated for every launch nor for every data dir.
     pub(super) fn cached_probe(&self, qemu: &Path) -> berth_qemu::probe::ProbeRun {
         let stamp = |p: &Path| {
             std::fs::metadata(p)
@@ -210,7 +211,10 @@ impl Vms {
             kernel.trim(),
             stamp(Path::new("/dev/kvm"))
         );
-        let path = self.dirs.root.join("host-probe.json");
+        let path = crate::dirs::host_cache_from_env()
+            .filter(|d| std::fs::create_dir_all(d).is_ok())
+            .unwrap_or_else(|| self.dirs.root.clone())
+            .join("kvm-probe.json");
         if let Ok(text) = std::fs::read_to_string(&path) {
             if let Ok(v) = serde_json::from_str::<Value>(&text) {
                 if v["key"] == key.as_str() {
@@ -221,7 +225,11 @@ impl Vms {
             }
         }
         let run = berth_qemu::probe::run_probe(qemu, true, berth_qemu::probe::KVM_PROBE_LIMIT);
-        let _ = std::fs::write(&path, json!({"key": key, "probe": run}).to_string());
+        let text = json!({"key": key, "probe": run}).to_string();
+        // Whole or not at all: a launch beside this one reads it.
+        if let Err(e) = berth_files::output::write_atomic(&path, text.as_bytes(), 0o644, "probe") {
+            tracing::debug!("not caching the KVM probe: {e}");
+        }
         run
     }
 
