@@ -6,7 +6,7 @@
 use std::net::Ipv4Addr;
 
 fn file() -> Option<std::path::PathBuf> {
-    Some(format!("/run/berth/leases-{}", super::netns_id()?).into())
+    Some(format!("/run/berth/leases-{}", crate::host::netns_id()?).into())
 }
 
 fn read() -> Vec<(Ipv4Addr, String)> {
