@@ -159,9 +159,9 @@ fn save(path: &Path, counts: &[AtomicU64; 4], last: NicCounts) -> std::io::Resul
     if now == last && path.exists() {
         return Ok(last);
     }
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, serde_json::to_vec(&now).expect("counts serialise"))?;
-    std::fs::rename(&tmp, path)?;
+    let text = serde_json::to_vec(&now).expect("counts serialise");
+    berth_files::output::write_atomic(path, &text, 0o644, "the NIC's counts")
+        .map_err(std::io::Error::other)?;
     Ok(now)
 }
 
