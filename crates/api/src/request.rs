@@ -163,6 +163,16 @@ impl InstanceCreate {
         if self.image.is_empty() {
             return Err(Error::invalid("image", "no image given"));
         }
+        check_name(&self.image).map_err(|_| {
+            Error::invalid(
+                "image",
+                format!(
+                    "invalid image name {:?}: images are named as instances are (see berth \
+                     image list)",
+                    self.image
+                ),
+            )
+        })?;
         match self.instance_type {
             InstanceType::Vm if self.container.is_some() => Err(Error::invalid(
                 "container",
@@ -289,6 +299,11 @@ mod tests {
         let field = |j: &str| create(j).unwrap().check().unwrap_err().field.unwrap();
         assert_eq!(field(r#"{"name":"../x","image":"i","type":"vm"}"#), "name");
         assert_eq!(field(r#"{"name":"a","image":"","type":"vm"}"#), "image");
+        assert_eq!(field(r#"{"name":"a","image":"../i","type":"vm"}"#), "image");
+        assert_eq!(
+            field(r#"{"name":"a","image":" ","type":"container"}"#),
+            "image"
+        );
         assert_eq!(
             field(r#"{"name":"a","image":"i","type":"vm","container":{}}"#),
             "container"
