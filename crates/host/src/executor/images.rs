@@ -1,13 +1,14 @@
 //! The executor's image requests: list, info, build, import (of a disk, with its kernel or
-//! not) and delete. An image's name has a lock of its own (`image@NAME`: no instance name has
+//! not), export and install (an image as it travels between hosts) and delete. An image's name has a lock of its own (`image@NAME`: no instance name has
 //! an `@`), so that a build, an import and a delete of one name never run at once; an image is
 //! not removed while instances are made from it (their disks and layers sit on it).
 
 use super::{image_kind, state_error, Executor, Progress};
-use crate::images::{self, ImageError, ImageMeta, Phase, Store, IMPORTED_RECIPE};
+use crate::images::archive::{self, Received};
+use crate::images::{self, transfer, ImageError, ImageMeta, Phase, Store, IMPORTED_RECIPE};
 use crate::locks;
 use berth_api::{Error, ErrorKind, Event, EventKind, Image, ImageBuild, ImageSource};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 /// The mirror a build uses when the request names none.
@@ -215,6 +216,79 @@ impl Executor {
             )
             .map_err(import_error)?;
         p.emit(EventKind::Lifecycle, "image imported");
+        Ok(image_of(&store, meta, Vec::new()))
+    }
+
+    /// Write image `name` as it travels between hosts (`berth image copy`) to `out`.
+    pub fn image_export(&self, name: &str, out: &mut dyn std::io::Write) -> Result<(), Error> {
+        images::check_name(name).map_err(image_error)?;
+        let _lock = locks::acquire(&self.dirs, &format!("image@{name}"), "export image")?;
+        self.image_store().export(name, out).map_err(image_error)
+    }
+
+    /// Take an image archive from `input` as image `name` (see [`archive::receive`]): what a
+    /// copy to this host sends when the CLI works in-process.
+    pub fn image_receive(
+        &self,
+        name: &str,
+        input: &mut dyn std::io::Read,
+        events: &mut dyn FnMut(Event),
+    ) -> Result<Image, Error> {
+        images::check_name(name).map_err(image_error)?;
+        let store = self.image_store();
+        if store.path(name).exists() {
+            return Err(image_error(ImageError::Exists(name.to_string())));
+        }
+        std::fs::create_dir_all(&store.dir)
+            .map_err(|e| Error::internal(format!("making {}: {e}", store.dir.display())))?;
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let upload = store
+            .dir
+            .join(format!(".upload-{nanos:x}-{}", std::process::id()));
+        let from = match archive::receive(input, &upload, archive::UPLOAD_MAX)? {
+            Received::Disk(files) => files.from,
+            Received::Image => String::new(),
+        };
+        self.image_upload(name, &upload, from, events)
+    }
+
+    /// Take the archive received into `upload` as image `name`: an exported image is installed
+    /// as it is, a disk imported. The folder goes either way.
+    pub fn image_upload(
+        &self,
+        name: &str,
+        upload: &Path,
+        from: String,
+        events: &mut dyn FnMut(Event),
+    ) -> Result<Image, Error> {
+        let r = if upload.join(transfer::META).exists() {
+            self.image_install(name, upload, events)
+        } else {
+            self.image_import(name, &archive::files_in(upload, from), events)
+        };
+        let _ = std::fs::remove_dir_all(upload);
+        r
+    }
+
+    fn image_install(
+        &self,
+        name: &str,
+        work: &Path,
+        events: &mut dyn FnMut(Event),
+    ) -> Result<Image, Error> {
+        images::check_name(name).map_err(image_error)?;
+        let _lock = locks::acquire(&self.dirs, &format!("image@{name}"), "install image")?;
+        let store = self.image_store();
+        let mut p = Progress {
+            name: name.to_string(),
+            started: Instant::now(),
+            sink: events,
+        };
+        p.emit(EventKind::Progress, "checking the disk's fingerprint");
+        let meta = store.install(work, name).map_err(import_error)?;
+        p.emit(EventKind::Lifecycle, "image installed");
         Ok(image_of(&store, meta, Vec::new()))
     }
 }

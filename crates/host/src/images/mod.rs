@@ -17,6 +17,7 @@ pub mod archive;
 mod build;
 mod import;
 mod recipe;
+pub mod transfer;
 
 pub use recipe::*;
 
