@@ -43,6 +43,18 @@ pub trait Client {
     fn console(&self, name: &str) -> Result<Console, Error>;
     /// Every image.
     fn images(&self) -> Result<Vec<Image>, Error>;
+    /// One image.
+    fn image(&self, name: &str) -> Result<Image, Error>;
+    /// Image `name` as it travels to another host, as a stream (see
+    /// [`berth_client::Remote::image_export`]).
+    fn image_export(&self, name: &str) -> Result<Box<dyn Read + Send>, Error>;
+    /// Take as image `name` what another host's [`Client::image_export`] streams.
+    fn image_receive(
+        &self,
+        name: &str,
+        input: Box<dyn Read + Send>,
+        events: &mut dyn FnMut(Event),
+    ) -> Result<Image, Error>;
     /// Remove an image.
     fn image_delete(&self, name: &str) -> Result<(), Error>;
     /// Build an image; `events` gets its progress.
@@ -116,6 +128,25 @@ impl Client for Executor {
     }
     fn images(&self) -> Result<Vec<Image>, Error> {
         Executor::images(self)
+    }
+    fn image(&self, name: &str) -> Result<Image, Error> {
+        Executor::image(self, name)
+    }
+    fn image_export(&self, name: &str) -> Result<Box<dyn Read + Send>, Error> {
+        Executor::image(self, name)?;
+        // The executor stays on this thread: the stream's writer opens one of its own.
+        let (dirs, name) = (self.dirs().clone(), name.to_string());
+        Ok(berth_client::reader_of(move |out| {
+            Executor::open(&dirs)?.image_export(&name, out)
+        }))
+    }
+    fn image_receive(
+        &self,
+        name: &str,
+        mut input: Box<dyn Read + Send>,
+        events: &mut dyn FnMut(Event),
+    ) -> Result<Image, Error> {
+        Executor::image_receive(self, name, &mut input, events)
     }
     fn image_delete(&self, name: &str) -> Result<(), Error> {
         Executor::image_delete(self, name)
@@ -205,6 +236,20 @@ impl Client for berth_client::Remote {
     }
     fn images(&self) -> Result<Vec<Image>, Error> {
         berth_client::Remote::images(self)
+    }
+    fn image(&self, name: &str) -> Result<Image, Error> {
+        berth_client::Remote::image(self, name)
+    }
+    fn image_export(&self, name: &str) -> Result<Box<dyn Read + Send>, Error> {
+        berth_client::Remote::image_export(self, name)
+    }
+    fn image_receive(
+        &self,
+        name: &str,
+        input: Box<dyn Read + Send>,
+        events: &mut dyn FnMut(Event),
+    ) -> Result<Image, Error> {
+        berth_client::Remote::image_send(self, name, input, events)
     }
     fn image_delete(&self, name: &str) -> Result<(), Error> {
         berth_client::Remote::image_delete(self, name)

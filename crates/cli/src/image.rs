@@ -57,6 +57,21 @@ pub enum ImageCommand {
         #[arg(long = "allow-backing-dir", value_name = "DIR")]
         allow: Vec<std::path::PathBuf>,
     },
+    /// Copy an image to another host (or under another name), byte for byte.
+    ///
+    /// The image keeps its fingerprint (its disk's SHA-256): when the target already holds an
+    /// image with that fingerprint nothing is sent. The target checks what it receives (the
+    /// metadata, the disk's fingerprint and size, no backing file) and installs it whole or
+    /// not at all.
+    Copy {
+        /// The image: `NAME` (on the default remote) or `REMOTE:NAME`.
+        source: String,
+        /// Where to: `REMOTE:` (same name) or `REMOTE:NAME`.
+        target: String,
+        /// Print the image on the target as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// List images.
     List {
         /// `REMOTE:` (default: the default remote).
@@ -224,6 +239,11 @@ pub fn run(cmd: ImageCommand) -> Result<Status> {
             );
             Ok(Status(0))
         }
+        ImageCommand::Copy {
+            source,
+            target: to,
+            json,
+        } => copy(&source, &to, json),
         ImageCommand::List { remote, json } => {
             let images = client::remote(remote.as_deref())?.images()?;
             if json {
@@ -241,7 +261,7 @@ pub fn run(cmd: ImageCommand) -> Result<Status> {
                         m.release,
                         m.arch,
                         human_size(m.size),
-                        &m.fingerprint[..16.min(m.fingerprint.len())],
+                        short(&m.fingerprint),
                         m.used_by.join(",")
                     );
                 }
@@ -256,4 +276,79 @@ pub fn run(cmd: ImageCommand) -> Result<Status> {
             Ok(Status(0))
         }
     }
+}
+
+/// Counts what passes through it onto a progress bar.
+struct Counted {
+    inner: Box<dyn std::io::Read + Send>,
+    pb: ProgressBar,
+}
+
+impl std::io::Read for Counted {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.pb.inc(n as u64);
+        Ok(n)
+    }
+}
+
+fn short(fingerprint: &str) -> &str {
+    &fingerprint[..16.min(fingerprint.len())]
+}
+
+/// `berth image copy SOURCE TARGET`.
+fn copy(source: &str, to: &str, json: bool) -> Result<Status> {
+    let (src, from) = target(source)?;
+    let from = from.with_context(|| format!("{source:?} names no image (NAME or REMOTE:NAME)"))?;
+    let (dst, named) = target(to)?;
+    let name = named.unwrap_or_else(|| from.clone());
+    let host = to
+        .split_once(':')
+        .map_or_else(|| "local:".to_string(), |(r, _)| format!("{r}:"));
+    let image = src.image(&from)?;
+    let there = dst.images()?;
+    if let Some(same) = there.iter().find(|i| i.fingerprint == image.fingerprint) {
+        if json {
+            print_json(same)?;
+        } else {
+            println!(
+                "Image {from} is already on {host} as {} (fingerprint {}): nothing sent.",
+                same.name,
+                short(&same.fingerprint)
+            );
+        }
+        return Ok(Status(0));
+    }
+    if let Some(other) = there.iter().find(|i| i.name == name) {
+        return Err(berth_api::Error::conflict(format!(
+            "{host} already has an image named {name:?}, another one (fingerprint {}, not {}): \
+             copy it under another name ({host}NAME)",
+            short(&other.fingerprint),
+            short(&image.fingerprint),
+        ))
+        .into());
+    }
+    let pb = crate::output::progress_bar(&format!("copying {from}"));
+    pb.set_length(image.stored_bytes);
+    let clock = std::time::Instant::now();
+    let input = Counted {
+        inner: src.image_export(&from)?,
+        pb: pb.clone(),
+    };
+    let copied = dst.image_receive(&name, Box::new(input), &mut |ev| {
+        pb.set_message(ev.message.clone())
+    })?;
+    pb.finish_and_clear();
+    if json {
+        print_json(&copied)?;
+    } else {
+        println!(
+            "Copied image {from} to {host} as {} ({}, fingerprint {}) in {:.1} s.",
+            copied.name,
+            describe(&copied),
+            short(&copied.fingerprint),
+            clock.elapsed().as_secs_f64()
+        );
+    }
+    Ok(Status(0))
 }

@@ -51,6 +51,7 @@ const GUARDED: &[(&str, &str)] = &[
     ("GET", "/1.0/images/debian-12"),
     ("PUT", "/1.0/images/debian-12"),
     ("DELETE", "/1.0/images/debian-12"),
+    ("GET", "/1.0/images/debian-12/export"),
     ("GET", "/1.0/operations"),
     ("GET", "/1.0/operations/x/wait"),
     ("DELETE", "/1.0/operations/x"),
@@ -59,6 +60,30 @@ const GUARDED: &[(&str, &str)] = &[
     ("DELETE", "/1.0/certificates/laptop"),
     ("GET", "/1.0/nothing"),
 ];
+
+/// A small disk of its own (an ext4 file system with a kernel, initrd and os-release), to import
+/// as an image unlike the guest image.
+fn tiny_image_disk() -> tempfile::TempDir {
+    let d = tempfile::tempdir().unwrap();
+    let tree = d.path().join("tree");
+    for (p, text) in [
+        ("boot/vmlinuz-6.1.0-1-amd64", "kernel"),
+        ("boot/initrd.img-6.1.0-1-amd64", "initrd"),
+        ("etc/os-release", "ID=debian\nVERSION_ID=\"12\"\n"),
+    ] {
+        std::fs::create_dir_all(tree.join(p).parent().unwrap()).unwrap();
+        std::fs::write(tree.join(p), text).unwrap();
+    }
+    let st = std::process::Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-L", "rootfs", "-d"])
+        .arg(&tree)
+        .arg(d.path().join("disk.raw"))
+        .arg("16M")
+        .status()
+        .unwrap();
+    assert!(st.success());
+    d
+}
 
 #[test]
 fn a_second_host_is_joined_and_its_guests_managed_over_https() {
@@ -119,6 +144,58 @@ fn a_second_host_is_joined_and_its_guests_managed_over_https() {
             .unwrap()
             .all(|e| !e.unwrap().file_name().to_string_lossy().starts_with('.')),
         "the upload left a work folder"
+    );
+
+    // `image copy`, both ways: from there to here (the export streamed down), then, the
+    // image removed there, from here back (streamed up); the fingerprint and the metadata
+    // travel with it, and an image the target already holds is not sent again.
+    let fingerprint = images[0]["fingerprint"].as_str().unwrap().to_string();
+    let out = c.run_ok(&["image", "copy", "h2:debian-12", "local:"]);
+    assert!(out.contains("Copied image debian-12 to local:"), "{out}");
+    let here: Value = serde_json::from_str(&c.run_ok(&["image", "list", "--json"])).unwrap();
+    assert_eq!(here[0]["fingerprint"], fingerprint.as_str(), "{here}");
+    assert_eq!(here[0]["source"]["from"], disk, "{here}");
+    let out = c.run_ok(&["image", "copy", "debian-12", "local:again"]);
+    assert!(
+        out.contains("already on local: as debian-12 (fingerprint") && out.contains("nothing sent"),
+        "{out}"
+    );
+    c.run_ok(&["image", "rm", "h2:debian-12"]);
+    let copied: Value =
+        serde_json::from_str(&c.run_ok(&["image", "copy", "debian-12", "h2:", "--json"])).unwrap();
+    assert_eq!(
+        (copied["name"].as_str(), copied["fingerprint"].as_str()),
+        (Some("debian-12"), Some(fingerprint.as_str())),
+        "{copied}"
+    );
+    let out = c.run_ok(&["image", "copy", "debian-12", "h2:"]);
+    assert!(
+        out.contains("already on h2: as debian-12 (fingerprint") && out.contains("nothing sent"),
+        "{out}"
+    );
+    // A name taken there by another image is refused before anything is sent.
+    let tiny = tiny_image_disk();
+    c.run_ok(&[
+        "image",
+        "import",
+        tiny.path().join("disk.raw").to_str().unwrap(),
+        "--name",
+        "tiny",
+    ]);
+    let refused = c.run(&["image", "copy", "tiny", "h2:debian-12"]);
+    assert!(!refused.status.success());
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        err.contains("already has an image named \"debian-12\", another one"),
+        "{err}"
+    );
+    c.run_ok(&["image", "copy", "tiny", "h2:"]);
+    c.run_ok(&["image", "rm", "h2:tiny"]);
+    assert!(
+        std::fs::read_dir(h.dir.path().join("images"))
+            .unwrap()
+            .all(|e| !e.unwrap().file_name().to_string_lossy().starts_with('.')),
+        "the copy left a work folder"
     );
 
     // A system container there.

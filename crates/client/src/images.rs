@@ -1,13 +1,14 @@
-//! Images on a daemon: list, info, remove, build, and import, which streams an image archive
-//! (a tar of the disk and its kernel, see [`berth_api::image`]) made on the fly from files on
-//! this machine, so that nothing of the client's paths reaches the server.
+//! Images on a daemon: list, info, remove, build; import, which streams an image archive (a tar
+//! of the disk and its kernel, see [`berth_api::image`]) made on the fly from files on this
+//! machine, so that nothing of the client's paths reaches the server; and export and send, the
+//! two ends of an image's copy from one host to another (`berth image copy`).
 
-use super::{segment, transport, Remote};
+use super::{reader_of, segment, transport, Remote};
 use berth_api::image::{ARCHIVE_DISK, ARCHIVE_FROM, ARCHIVE_INITRD, ARCHIVE_KERNEL};
 use berth_api::{Error, Event, Image, ImageBuild, Nothing};
 use http_body_util::StreamBody;
 use hyper::body::{Bytes, Frame};
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 /// How much of the archive one frame of the upload carries.
@@ -107,6 +108,64 @@ impl Remote {
         upload: Upload,
         events: &mut dyn FnMut(Event),
     ) -> Result<Image, Error> {
+        let boot = upload.boot.iter().flat_map(|(k, i)| [k, i]);
+        for p in std::iter::once(&upload.disk).chain(boot) {
+            std::fs::metadata(p)
+                .map_err(|e| Error::invalid("file", format!("{}: {e}", p.display())))?;
+        }
+        self.upload(name, move |out| archive(&upload, out), events)
+    }
+
+    /// Send as image `name` an image another host exported ([`Remote::image_export`]), read
+    /// from `input` as it comes, and follow its install.
+    pub fn image_send(
+        &self,
+        name: &str,
+        mut input: Box<dyn Read + Send>,
+        events: &mut dyn FnMut(Event),
+    ) -> Result<Image, Error> {
+        self.upload(
+            name,
+            move |out| {
+                let mut out = std::io::BufWriter::with_capacity(CHUNK, out);
+                std::io::copy(&mut input, &mut out)?;
+                out.flush()
+            },
+            events,
+        )
+    }
+
+    /// Image `name` as it travels to another host: a stream of its transfer archive (its
+    /// `image.json`, then its files), read from this daemon as the reader takes it. A failure
+    /// on the way is the stream's last read.
+    pub fn image_export(&self, name: &str) -> Result<Box<dyn Read + Send>, Error> {
+        let path = format!("/1.0/images/{}/export", segment(name)?);
+        // Refused here, where a missing image would otherwise show as a broken stream.
+        self.image(name)?;
+        let endpoint = self.endpoint.clone();
+        Ok(reader_of(move |out| {
+            let remote = Remote::new(endpoint)?;
+            match remote
+                .rt
+                .block_on(transport::download(&remote.endpoint, &path, out))?
+            {
+                None => Ok(()),
+                Some((status, answer)) => remote
+                    .envelope::<Nothing>("GET", &path, status, &answer)?
+                    .into_result()
+                    .map(|_| ()),
+            }
+        }))
+    }
+
+    /// PUT to `/1.0/images/NAME` the archive `produce` writes, and follow the operation the
+    /// daemon begins with it.
+    fn upload(
+        &self,
+        name: &str,
+        produce: impl FnOnce(ToBody) -> std::io::Result<()> + Send + 'static,
+        events: &mut dyn FnMut(Event),
+    ) -> Result<Image, Error> {
         let path = format!("/1.0/images/{}", segment(name)?);
         // Refused before anything is sent, where the daemon would refuse it after.
         match self.image(name) {
@@ -119,15 +178,10 @@ impl Remote {
             Err(e) if e.kind == berth_api::ErrorKind::NotFound => {}
             Err(e) => return Err(e),
         }
-        let boot = upload.boot.iter().flat_map(|(k, i)| [k, i]);
-        for p in std::iter::once(&upload.disk).chain(boot) {
-            std::fs::metadata(p)
-                .map_err(|e| Error::invalid("file", format!("{}: {e}", p.display())))?;
-        }
         let (tx, rx) = tokio::sync::mpsc::channel(8);
         let producer = std::thread::spawn(move || {
             let failed = tx.clone();
-            archive(&upload, ToBody { tx }).inspect_err(|e| {
+            produce(ToBody { tx }).inspect_err(|e| {
                 // The body ends in an error, so that the server does not take a short archive
                 // as the whole one.
                 let _ = failed.blocking_send(Err(std::io::Error::new(e.kind(), e.to_string())));
@@ -159,48 +213,5 @@ impl Remote {
         };
         let op = self.begun("PUT", &path, self.envelope("PUT", &path, status, &answer)?)?;
         self.follow(op, events)?.image_outcome()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_archive_holds_the_members_the_server_takes() {
-        let d = tempfile::tempdir().unwrap();
-        let (disk, k, i) = (
-            d.path().join("a.qcow2"),
-            d.path().join("k"),
-            d.path().join("i"),
-        );
-        std::fs::write(&disk, vec![3u8; 3 * CHUNK + 5]).unwrap();
-        std::fs::write(&k, b"kernel").unwrap();
-        std::fs::write(&i, b"initrd").unwrap();
-        let mut out = Vec::new();
-        let u = Upload {
-            disk: disk.clone(),
-            boot: Some((k.clone(), i.clone())),
-            from: "a.qcow2".into(),
-        };
-        archive(&u, &mut out).unwrap();
-        let mut a = tar::Archive::new(out.as_slice());
-        let names: Vec<(String, u64)> = a
-            .entries()
-            .unwrap()
-            .map(|e| {
-                let e = e.unwrap();
-                (e.path().unwrap().display().to_string(), e.size())
-            })
-            .collect();
-        assert_eq!(
-            names,
-            vec![
-                ("disk".to_string(), 3 * CHUNK as u64 + 5),
-                ("kernel".to_string(), 6),
-                ("initrd".to_string(), 6),
-                ("from".to_string(), 7)
-            ]
-        );
     }
 }

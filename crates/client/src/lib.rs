@@ -7,6 +7,7 @@
 
 mod exec;
 mod images;
+mod pipe;
 mod transport;
 
 use berth_api::{
@@ -20,6 +21,7 @@ use std::time::Duration;
 
 pub use exec::{window_size, RawMode, Streams};
 pub use images::Upload;
+pub use pipe::reader_of;
 pub use transport::{client_identity, Endpoint};
 
 /// How long one `/wait` call waits before the client looks for new progress.

@@ -140,6 +140,63 @@ where
     B: hyper::body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    let (res, conn) = open(endpoint, method, path, content_type, body).await?;
+    let status = res.status().as_u16();
+    let bytes = collect(endpoint, method, path, res).await?;
+    let _ = conn.await;
+    Ok((status, bytes))
+}
+
+/// `GET path` from `endpoint`: on HTTP 200 its body is written to `out` as it comes and the
+/// answer is `None`; otherwise the status and the answer's bytes (the API's error).
+pub async fn download(
+    endpoint: &Endpoint,
+    path: &str,
+    out: &mut (dyn std::io::Write + Send),
+) -> Result<Option<(u16, Bytes)>, Error> {
+    let (mut res, conn) = open(endpoint, "GET", path, None, Full::new(Bytes::new())).await?;
+    let status = res.status().as_u16();
+    if status != 200 {
+        let bytes = collect(endpoint, "GET", path, res).await?;
+        let _ = conn.await;
+        return Ok(Some((status, bytes)));
+    }
+    use http_body_util::BodyExt;
+    while let Some(frame) = res.body_mut().frame().await {
+        let frame = frame.map_err(|e| {
+            Error::internal(format!(
+                "{endpoint}'s answer to GET {path} was cut short: {e}"
+            ))
+        })?;
+        if let Ok(data) = frame.into_data() {
+            out.write_all(&data).map_err(|e| {
+                Error::internal(format!("taking {endpoint}'s answer to GET {path}: {e}"))
+            })?;
+        }
+    }
+    let _ = conn.await;
+    Ok(None)
+}
+
+/// Send a request on a connection of its own: the response (its body still to come) and the
+/// connection's task.
+async fn open<B>(
+    endpoint: &Endpoint,
+    method: &str,
+    path: &str,
+    content_type: Option<&str>,
+    body: B,
+) -> Result<
+    (
+        hyper::Response<hyper::body::Incoming>,
+        tokio::task::JoinHandle<hyper::Result<()>>,
+    ),
+    Error,
+>
+where
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let unreachable =
         |e: &dyn std::fmt::Display| Error::internal(format!("{endpoint} cannot be reached: {e}"));
     let stream = connect(endpoint).await?;
@@ -161,8 +218,17 @@ where
         .send_request(req)
         .await
         .map_err(|e| unreachable(&e))?;
-    let status = res.status().as_u16();
-    let bytes = Limited::new(res.into_body(), MAX_ANSWER)
+    Ok((res, conn))
+}
+
+/// A response's whole body, within [`MAX_ANSWER`].
+async fn collect(
+    endpoint: &Endpoint,
+    method: &str,
+    path: &str,
+    res: hyper::Response<hyper::body::Incoming>,
+) -> Result<Bytes, Error> {
+    Ok(Limited::new(res.into_body(), MAX_ANSWER)
         .collect()
         .await
         .map_err(|e| {
@@ -170,8 +236,5 @@ where
                 "reading {endpoint}'s answer to {method} {path}: {e}"
             ))
         })?
-        .to_bytes();
-    drop(sender);
-    let _ = conn.await;
-    Ok((status, bytes))
+        .to_bytes())
 }

@@ -27,6 +27,7 @@ use utoipa::OpenApi;
         crate::routes::images::build,
         crate::routes::images::import,
         crate::routes::images::image_delete,
+        crate::routes::images::export,
         crate::routes::server::operations,
         crate::routes::server::operation,
         crate::routes::server::wait,

@@ -155,10 +155,7 @@ fn perform_here(ex: &Executor, job: &Job, events: &mut dyn FnMut(Event)) -> Resu
         Job::Run { run } => value(ex.run(run)),
         Job::ImageBuild { build } => value(ex.image_build(build, events)),
         Job::ImageImport { name, upload, from } => {
-            let files = berth_host::images::archive::files_in(upload, from.clone());
-            let r = ex.image_import(name, &files, events);
-            let _ = std::fs::remove_dir_all(upload);
-            value(r)
+            value(ex.image_upload(name, upload, from.clone(), events))
         }
     }
 }

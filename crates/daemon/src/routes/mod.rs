@@ -86,6 +86,7 @@ pub fn router(dirs: Dirs, worker: PathBuf) -> Router {
                 // An upload is streamed to disk, within `images::UPLOAD_MAX`.
                 .layer(axum::extract::DefaultBodyLimit::disable()),
         )
+        .route("/1.0/images/{name}/export", get(export))
         .route("/1.0/run", get(run))
         .route("/1.0/certificates", get(trusted_clients).post(join))
         .route("/1.0/metrics", get(metrics))
