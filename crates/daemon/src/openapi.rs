@@ -44,7 +44,47 @@ struct ApiDoc;
 
 /// The document, as JSON.
 pub fn document() -> String {
-    ApiDoc::openapi().to_pretty_json().unwrap_or_default()
+    let mut doc = serde_json::to_value(ApiDoc::openapi()).unwrap_or_default();
+    if let Some(schemas) = doc.pointer_mut("/components/schemas") {
+        flattened_options(schemas);
+    }
+    serde_json::to_string_pretty(&doc).unwrap_or_default()
+}
+
+/// utoipa describes a `#[serde(flatten)] Option<T>` field as an `allOf` item "null or T", which
+/// no JSON object is when the field is `None` (an instance's details while it is being
+/// created): each such item becomes "T, or an object without all of T's required keys", which
+/// is what serde reads and writes. (utoipa's schema types have no `not`, so this is done on the
+/// JSON.)
+fn flattened_options(schemas: &mut serde_json::Value) {
+    use serde_json::{json, Value};
+    let required = |name: &str, schemas: &Value| schemas[name]["required"].clone();
+    let names: Vec<String> = schemas
+        .as_object()
+        .map(|m| m.keys().cloned().collect())
+        .unwrap_or_default();
+    for name in names {
+        let Some(items) = schemas[&name]["allOf"].as_array().cloned() else {
+            continue;
+        };
+        let patched: Vec<Value> = items
+            .into_iter()
+            .map(|item| {
+                let Some([null, inner]) = item["oneOf"].as_array().map(Vec::as_slice) else {
+                    return item;
+                };
+                let target = inner["$ref"].as_str().and_then(|r| r.rsplit('/').next());
+                match target {
+                    Some(t) if null == &json!({"type": "null"}) => json!({"anyOf": [
+                        inner,
+                        {"type": "object", "not": {"required": required(t, schemas)}},
+                    ]}),
+                    _ => item,
+                }
+            })
+            .collect();
+        schemas[&name]["allOf"] = Value::Array(patched);
+    }
 }
 
 #[cfg(test)]
@@ -56,6 +96,9 @@ mod tests {
         let doc = super::document();
         let v: serde_json::Value = serde_json::from_str(&doc).unwrap();
         assert_eq!(v["openapi"], "3.1.0");
+        let details = &v["components"]["schemas"]["Instance"]["allOf"][0]["anyOf"];
+        assert_eq!(details[0]["$ref"], "#/components/schemas/VmDetails");
+        assert_eq!(details[1]["not"]["required"][0], "kind");
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/openapi.json");
         if std::env::var_os("BERTH_UPDATE_OPENAPI").is_some() {
             std::fs::write(&path, format!("{doc}\n")).unwrap();
