@@ -8,7 +8,8 @@
 
 use berth_qemu::host::Accel;
 use berth_qemu::vm::{
-    guest_cmdline, kind_cmdline, machine_id_uuid, tsc_khz_from_cpuinfo, Forward, Kind, VmSpec,
+    guest_cmdline, kind_cmdline, machine_id_mac, machine_id_uuid, tsc_khz_from_cpuinfo, Forward,
+    Kind, VmSpec,
 };
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -203,6 +204,7 @@ impl VmRecord {
             tcg_cpu: c.tcg_cpu.clone(),
             passt_socket: Some(self.paths.passt_socket.clone()),
             nic_socket: Some(self.paths.nic_socket()),
+            mac: machine_id_mac(&self.machine_id),
         }
     }
 }
@@ -272,6 +274,7 @@ mod tests {
             "{}",
             spec.cmdline
         );
+        assert_eq!(spec.mac.as_deref(), Some("52:54:00:5e:56:93"));
         assert_eq!(
             spec.passt_socket.as_deref(),
             Some(Path::new("/d/instances/web/net/passt.sock"))

@@ -109,6 +109,9 @@ pub struct VmSpec {
     /// VM's network bytes on their way to passt (`berth_host::nic`).
     #[serde(default)]
     pub nic_socket: Option<PathBuf>,
+    /// The NIC's MAC address (QEMU's own default, the same for every guest, when `None`).
+    #[serde(default)]
+    pub mac: Option<String>,
 }
 
 /// The TCG CPU model for guests whose userland needs only the x86-64 baseline (berth's own
@@ -140,6 +143,19 @@ pub fn machine_id_uuid(id: &str) -> Option<String> {
         &id[12..16],
         &id[16..20],
         &id[20..32]
+    ))
+}
+
+/// The NIC's MAC for a machine-id: QEMU's and libvirt's `52:54:00` prefix and three bytes of
+/// the id, so that a guest keeps its MAC when it moves and a copy (a new machine-id) gets a new
+/// one, instead of QEMU's `52:54:00:12:34:56` for every guest.
+pub fn machine_id_mac(id: &str) -> Option<String> {
+    machine_id_uuid(id)?;
+    Some(format!(
+        "52:54:00:{}:{}:{}",
+        &id[0..2],
+        &id[2..4],
+        &id[4..6]
     ))
 }
 
@@ -258,12 +274,16 @@ impl VmSpec {
             }
         };
         push(&mut a, &["-netdev", &netdev]);
-        let nic = match self.kind {
+        let mut nic = match self.kind {
             Kind::Full => "e1000,netdev=net0,romfile=",
             Kind::Hybrid => "virtio-net-pci,netdev=net0,romfile=",
             Kind::Paravirt => "virtio-net-device,netdev=net0",
-        };
-        push(&mut a, &["-device", nic]);
+        }
+        .to_string();
+        if let Some(mac) = &self.mac {
+            nic.push_str(&format!(",mac={}", opt(mac)));
+        }
+        push(&mut a, &["-device", &nic]);
         // Entropy from the host: virtio-rng where the guest has virtio. It is the one source for a
         // KVM guest whose host CPU lacks RDRAND and for imported kernels that do not trust the CPU.
         match self.kind {
@@ -393,6 +413,7 @@ mod tests {
             tcg_cpu: None,
             passt_socket: Some("/run/passt.sock".into()),
             nic_socket: None,
+            mac: None,
         }
     }
 
@@ -489,6 +510,20 @@ mod tests {
             .iter()
             .any(|x| x.contains("readonly=on") && x.contains("seed.iso")));
         assert_eq!(machine_id_uuid("xyz"), None);
+    }
+
+    #[test]
+    fn a_guests_mac_follows_its_machine_id() {
+        let id = "5e5693f454f8456f9fc644a446d80ca6";
+        assert_eq!(machine_id_mac(id).as_deref(), Some("52:54:00:5e:56:93"));
+        assert_eq!(machine_id_mac("xyz"), None);
+        let mut s = spec(Kind::Paravirt, Accel::Tcg);
+        s.mac = machine_id_mac(id);
+        assert!(has_pair(
+            &s.argv(),
+            "-device",
+            "virtio-net-device,netdev=net0,mac=52:54:00:5e:56:93"
+        ));
     }
 
     #[test]
