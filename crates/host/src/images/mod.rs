@@ -154,7 +154,7 @@ pub struct Store {
     pub cache: PathBuf,
 }
 
-fn sha256_file(path: &Path) -> Result<String, ImageError> {
+pub(crate) fn sha256_file(path: &Path) -> Result<String, ImageError> {
     let mut f = std::fs::File::open(path).map_err(io("reading", path))?;
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];

@@ -42,7 +42,7 @@ fn invalid(field: &str, detail: String) -> ImageError {
 }
 
 /// A file of the image: a plain name in its folder.
-fn check_file(field: &str, name: &str) -> Result<(), ImageError> {
+pub(crate) fn check_file(field: &str, name: &str) -> Result<(), ImageError> {
     let plain = !name.is_empty()
         && name.len() <= 64
         && !name.starts_with('.')
@@ -72,7 +72,7 @@ fn check_text(field: &str, v: &str) -> Result<(), ImageError> {
 }
 
 /// The root device goes onto the guest kernel's command line: `LABEL=` or `UUID=` and one word.
-fn check_root(root: &str) -> Result<(), ImageError> {
+pub(crate) fn check_root(root: &str) -> Result<(), ImageError> {
     let ok = ["LABEL=", "UUID="].iter().any(|p| {
         root.strip_prefix(p).is_some_and(|v| {
             !v.is_empty()

@@ -101,20 +101,7 @@ impl Vms {
             // and the rest follow as further MIME parts.
             let merged = user.merged(&ours);
             let user_data = berth_cloudinit::compose::render(&merged, &user.parts);
-            std::fs::write(dir.join("user-data"), &user_data).map_err(io("writing", &dir))?;
-            let hostname = merged
-                .get("hostname")
-                .and_then(Value::as_str)
-                .unwrap_or(&o.name)
-                .to_string();
-            let files = SeedFiles {
-                user_data: user_data.into_bytes(),
-                meta_data: seed::meta_data(&format!("iid-{machine_id}"), Some(&hostname))
-                    .into_bytes(),
-                network_config: Some(GUEST_NETWORK_CONFIG.as_bytes().to_vec()),
-                vendor_data: None,
-            };
-            seed::write(&dir.join("seed.iso"), &files, SeedFormat::Iso, true)?;
+            write_seed(&dir, &o.name, user_data, &machine_id)?;
             let ssh_port = free_port()?;
             let mut forwards = vec![Forward {
                 host: ssh_port,
@@ -426,6 +413,35 @@ impl Vms {
 }
 
 /// A console log as text (empty when it cannot be read).
+/// Write a VM's `user-data` and its NoCloud seed into its folder `dir`: the instance-id is
+/// made from the machine-id (a new machine-id is a new instance to cloud-init), the hostname is
+/// the user-data's, else the VM's `name`.
+pub(super) fn write_seed(
+    dir: &Path,
+    name: &str,
+    user_data: String,
+    machine_id: &str,
+) -> Result<(), VmError> {
+    std::fs::write(dir.join("user-data"), &user_data).map_err(io("writing", dir))?;
+    let hostname = UserData::split(user_data.as_bytes())
+        .ok()
+        .and_then(|u| {
+            u.cloud_configs
+                .iter()
+                .rev()
+                .find_map(|c| c.get("hostname").and_then(Value::as_str).map(String::from))
+        })
+        .unwrap_or_else(|| name.to_string());
+    let files = SeedFiles {
+        user_data: user_data.into_bytes(),
+        meta_data: seed::meta_data(&format!("iid-{machine_id}"), Some(&hostname)).into_bytes(),
+        network_config: Some(GUEST_NETWORK_CONFIG.as_bytes().to_vec()),
+        vendor_data: None,
+    };
+    seed::write(&dir.join("seed.iso"), &files, SeedFormat::Iso, true)?;
+    Ok(())
+}
+
 pub(super) fn console_text(path: &Path) -> String {
     std::fs::read(path)
         .map(|b| String::from_utf8_lossy(&b).into_owned())

@@ -26,7 +26,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use thiserror::Error;
 
+pub mod archive;
 mod launch;
+pub mod transfer;
 
 pub use launch::console_reports;
 
