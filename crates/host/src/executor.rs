@@ -19,6 +19,7 @@ use berth_state::{InstanceRow, StateError, Store};
 use std::time::{Duration, Instant};
 
 mod commands;
+mod copies;
 mod images;
 pub use commands::{shell_quote, LOG_CHUNK_MAX};
 pub use images::{ImportFiles, DEFAULT_MIRROR};

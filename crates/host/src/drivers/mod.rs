@@ -12,6 +12,7 @@ mod container;
 mod vm;
 
 pub(crate) use container::container_exit;
+pub(crate) use vm::vm_error;
 
 use berth_api::{Error, ExecExit, Instance, InstanceCreate, InstanceExec};
 use berth_cloudinit::compose::UserData;

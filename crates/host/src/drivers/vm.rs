@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 /// A VM driver error as an API error.
-fn vm_error(e: VmError) -> Error {
+pub(crate) fn vm_error(e: VmError) -> Error {
     let kind = match &e {
         VmError::NotFound(_) => ErrorKind::NotFound,
         VmError::Invalid(_) | VmError::File(_) | VmError::Accel(_) => ErrorKind::Invalid,

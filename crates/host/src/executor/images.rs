@@ -76,7 +76,7 @@ fn image_of(store: &Store, m: ImageMeta, used_by: Vec<String>) -> Image {
 }
 
 impl Executor {
-    fn image_store(&self) -> Store {
+    pub(super) fn image_store(&self) -> Store {
         Store::new(&self.dirs)
     }
 

@@ -74,8 +74,36 @@ fn unpack(input: &mut dyn Read, dir: &Path, max: u64) -> Result<VmArchive, VmErr
     Ok(a)
 }
 
+/// The `instance.json` of an archive received into `work`, checked.
+pub fn read(work: &Path) -> Result<VmArchive, VmError> {
+    let mp = work.join(META);
+    let text = std::fs::read(&mp).map_err(io("reading", &mp))?;
+    let a: VmArchive =
+        serde_json::from_slice(&text).map_err(|e| VmError::Invalid(format!("{META}: {e}")))?;
+    a.check()?;
+    Ok(a)
+}
+
+/// This host's copy of the image a received VM was made from: the image with its fingerprint.
+pub fn image_of(images: &ImageStore, a: &VmArchive) -> Result<crate::images::ImageMeta, VmError> {
+    images
+        .list()?
+        .into_iter()
+        .find(|m| m.sha256 == a.image_fingerprint)
+        .ok_or_else(|| {
+            VmError::Invalid(format!(
+                "{}'s image {} (fingerprint {}) is not on this host: copy it here first \
+                 (berth image copy)",
+                a.name,
+                a.image,
+                &a.image_fingerprint[..16]
+            ))
+        })
+}
+
 /// Whose identity a received VM has.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Identity {
     /// A copy: a new machine-id (so a new MAC and, to cloud-init, a new instance: new SSH host
     /// keys), the copy's name as its hostname.
@@ -85,8 +113,8 @@ pub enum Identity {
 }
 
 impl Vms {
-    /// Write stopped VM `name` as a transfer archive to `out`.
-    pub fn export(&self, name: &str, out: &mut dyn Write) -> Result<(), VmError> {
+    /// VM `name`, if it can travel now: stopped.
+    pub fn exportable(&self, name: &str) -> Result<(InstanceRow, VmRecord), VmError> {
         let (row, rec) = self.get(name)?;
         if !matches!(self.state(&row, &rec)?, VmState::Stopped { .. }) {
             return Err(VmError::Invalid(format!(
@@ -94,6 +122,12 @@ impl Vms {
                  running VM yet"
             )));
         }
+        Ok((row, rec))
+    }
+
+    /// Write stopped VM `name` as a transfer archive to `out`.
+    pub fn export(&self, name: &str, out: &mut dyn Write) -> Result<(), VmError> {
+        let (row, rec) = self.exportable(name)?;
         let image = ImageStore::new(&self.dirs).get(&rec.image)?;
         let dir = self.dir(name);
         let ud = dir.join("user-data");
@@ -133,25 +167,9 @@ impl Vms {
     ) -> Result<VmRecord, VmError> {
         check_name(name)
             .map_err(|_| VmError::Invalid(format!("invalid instance name {name:?}")))?;
-        let mp = work.join(META);
-        let text = std::fs::read(&mp).map_err(io("reading", &mp))?;
-        let a: VmArchive =
-            serde_json::from_slice(&text).map_err(|e| VmError::Invalid(format!("{META}: {e}")))?;
-        a.check()?;
+        let a = read(work)?;
         let images = ImageStore::new(&self.dirs);
-        let image = images
-            .list()?
-            .into_iter()
-            .find(|m| m.sha256 == a.image_fingerprint)
-            .ok_or_else(|| {
-                VmError::Invalid(format!(
-                    "{}'s image {} (fingerprint {}) is not on this host: copy it here first \
-                     (berth image copy)",
-                    a.name,
-                    a.image,
-                    &a.image_fingerprint[..16]
-                ))
-            })?;
+        let image = image_of(&images, &a)?;
         let image_dir = images.path(&image.name);
         for f in std::iter::once(&a.config.kernel).chain(a.config.initrd.as_ref()) {
             if !image_dir.join(f).is_file() {
