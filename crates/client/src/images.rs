@@ -26,7 +26,7 @@ pub struct Upload {
 }
 
 /// Writes what it is given to the upload's body, a chunk at a time.
-struct ToBody {
+pub(crate) struct ToBody {
     tx: tokio::sync::mpsc::Sender<Result<Frame<Bytes>, std::io::Error>>,
 }
 
@@ -121,18 +121,24 @@ impl Remote {
     pub fn image_send(
         &self,
         name: &str,
-        mut input: Box<dyn Read + Send>,
+        input: Box<dyn Read + Send>,
         events: &mut dyn FnMut(Event),
     ) -> Result<Image, Error> {
-        self.upload(
-            name,
-            move |out| {
-                let mut out = std::io::BufWriter::with_capacity(CHUNK, out);
-                std::io::copy(&mut input, &mut out)?;
-                out.flush()
-            },
-            events,
-        )
+        self.image_absent(name)?;
+        self.send_stream(&format!("/1.0/images/{}", segment(name)?), input, events)?
+            .image_outcome()
+    }
+
+    /// Refused before anything is sent, where the daemon would refuse it after: a name taken.
+    fn image_absent(&self, name: &str) -> Result<(), Error> {
+        match self.image(name) {
+            Ok(_) => Err(Error::conflict(format!(
+                "{} already has an image named {name:?}",
+                self.endpoint
+            ))),
+            Err(e) if e.kind == berth_api::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e),
+        }
     }
 
     /// Image `name` as it travels to another host: a stream of its transfer archive (its
@@ -142,20 +148,7 @@ impl Remote {
         let path = format!("/1.0/images/{}/export", segment(name)?);
         // Refused here, where a missing image would otherwise show as a broken stream.
         self.image(name)?;
-        let endpoint = self.endpoint.clone();
-        Ok(reader_of(move |out| {
-            let remote = Remote::new(endpoint)?;
-            match remote
-                .rt
-                .block_on(transport::download(&remote.endpoint, &path, out))?
-            {
-                None => Ok(()),
-                Some((status, answer)) => remote
-                    .envelope::<Nothing>("GET", &path, status, &answer)?
-                    .into_result()
-                    .map(|_| ()),
-            }
-        }))
+        Ok(self.download_stream(path))
     }
 
     /// PUT to `/1.0/images/NAME` the archive `produce` writes, and follow the operation the
@@ -167,17 +160,18 @@ impl Remote {
         events: &mut dyn FnMut(Event),
     ) -> Result<Image, Error> {
         let path = format!("/1.0/images/{}", segment(name)?);
-        // Refused before anything is sent, where the daemon would refuse it after.
-        match self.image(name) {
-            Ok(_) => {
-                return Err(Error::conflict(format!(
-                    "{} already has an image named {name:?}",
-                    self.endpoint
-                )))
-            }
-            Err(e) if e.kind == berth_api::ErrorKind::NotFound => {}
-            Err(e) => return Err(e),
-        }
+        self.image_absent(name)?;
+        self.put_stream(&path, produce, events)?.image_outcome()
+    }
+
+    /// PUT to `path` the body `produce` writes on a thread of its own, and follow the operation
+    /// the daemon begins with it to its end.
+    pub(crate) fn put_stream(
+        &self,
+        path: &str,
+        produce: impl FnOnce(ToBody) -> std::io::Result<()> + Send + 'static,
+        events: &mut dyn FnMut(Event),
+    ) -> Result<berth_api::Operation, Error> {
         let (tx, rx) = tokio::sync::mpsc::channel(8);
         let producer = std::thread::spawn(move || {
             let failed = tx.clone();
@@ -193,7 +187,7 @@ impl Remote {
         let sent = self.rt.block_on(transport::send_body(
             &self.endpoint,
             "PUT",
-            &path,
+            path,
             Some("application/octet-stream"),
             StreamBody::new(stream),
         ));
@@ -206,12 +200,49 @@ impl Remote {
             (Err(e), Ok(())) => return Err(e),
             (Err(e), Err(w)) => {
                 return Err(Error::internal(format!(
-                    "{} (sending the image: {w})",
+                    "{} (sending {path}: {w})",
                     e.message
                 )))
             }
         };
-        let op = self.begun("PUT", &path, self.envelope("PUT", &path, status, &answer)?)?;
-        self.follow(op, events)?.image_outcome()
+        let op = self.begun("PUT", path, self.envelope("PUT", path, status, &answer)?)?;
+        self.follow(op, events)
+    }
+
+    /// Stream `input` to `path` as [`Remote::image_send`] does.
+    pub(crate) fn send_stream(
+        &self,
+        path: &str,
+        mut input: Box<dyn Read + Send>,
+        events: &mut dyn FnMut(Event),
+    ) -> Result<berth_api::Operation, Error> {
+        self.put_stream(
+            path,
+            move |out| {
+                let mut out = std::io::BufWriter::with_capacity(CHUNK, out);
+                std::io::copy(&mut input, &mut out)?;
+                out.flush()
+            },
+            events,
+        )
+    }
+
+    /// Download `path` as a stream read as the reader takes it (what [`Remote::image_export`]
+    /// does); a failure on the way is the stream's last read.
+    pub(crate) fn download_stream(&self, path: String) -> Box<dyn Read + Send> {
+        let endpoint = self.endpoint.clone();
+        reader_of(move |out| {
+            let remote = Remote::new(endpoint)?;
+            match remote
+                .rt
+                .block_on(transport::download(&remote.endpoint, &path, out))?
+            {
+                None => Ok(()),
+                Some((status, answer)) => remote
+                    .envelope::<Nothing>("GET", &path, status, &answer)?
+                    .into_result()
+                    .map(|_| ()),
+            }
+        })
     }
 }

@@ -5,6 +5,7 @@
 //!
 //! Transport: HTTP/1.1 over the daemon's unix socket (`unix:///var/lib/berth/berth.sock`).
 
+mod copies;
 mod exec;
 mod images;
 mod pipe;

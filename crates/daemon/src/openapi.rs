@@ -22,6 +22,8 @@ use utoipa::OpenApi;
         crate::routes::instances::exec,
         crate::routes::instances::run,
         crate::routes::instances::console,
+        crate::routes::copies::instance_export,
+        crate::routes::copies::instance_receive,
         crate::routes::images::images,
         crate::routes::images::image_info,
         crate::routes::images::build,

@@ -78,6 +78,16 @@ pub enum Job {
         /// What the client said the disk came from.
         from: String,
     },
+    /// Take as instance `name` the transfer archive the daemon received into the folder
+    /// `upload` (removed afterwards): the receiving end of `berth copy`.
+    InstanceReceive {
+        /// The instance.
+        name: String,
+        /// The folder the archive's files are in.
+        upload: PathBuf,
+        /// A copy's new identity, or a moved guest's own.
+        identity: berth_host::vms::transfer::Identity,
+    },
 }
 
 impl Job {
@@ -89,7 +99,8 @@ impl Job {
             | Job::Delete { name, .. }
             | Job::Set { name, .. }
             | Job::Exec { name, .. }
-            | Job::ImageImport { name, .. } => name,
+            | Job::ImageImport { name, .. }
+            | Job::InstanceReceive { name, .. } => name,
             Job::Run { run } => run.name.as_deref().unwrap_or("(new)"),
             Job::ImageBuild { build } => build.image_name(),
         }
@@ -122,6 +133,7 @@ impl Job {
             Job::Run { .. } => format!("running a command in a new container {n}"),
             Job::ImageBuild { build } => format!("building image {n} ({})", build.recipe),
             Job::ImageImport { .. } => format!("importing image {n}"),
+            Job::InstanceReceive { .. } => format!("receiving instance {n}"),
         }
     }
 }
@@ -157,6 +169,11 @@ fn perform_here(ex: &Executor, job: &Job, events: &mut dyn FnMut(Event)) -> Resu
         Job::ImageImport { name, upload, from } => {
             value(ex.image_upload(name, upload, from.clone(), events))
         }
+        Job::InstanceReceive {
+            name,
+            upload,
+            identity,
+        } => value(ex.instance_upload(name, upload, *identity, events)),
     }
 }
 

@@ -139,15 +139,32 @@ impl std::io::Write for ToBody {
     description = "The image as it travels to another host: an uncompressed tar of `image.json` and then the files it names, byte for byte (what `PUT /1.0/images/{name}` installs as it is). A failure on the way cuts the body short.",
     responses((status = 200, description = "The image archive", content_type = "application/octet-stream", body = String), (status = 404, description = "No such image", body = Response<berth_api::Nothing>), documented::Refused))]
 pub(super) async fn export(State(host): State<Host>, Path(raw): Path<String>) -> HttpResponse {
-    let n = match name(&raw) {
-        Ok(n) => n,
-        Err(e) => return answer_error(e),
-    };
+    match name(&raw) {
+        Ok(n) => {
+            let m = n.clone();
+            streamed(
+                host.dirs,
+                move |ex| ex.image(&n).map(drop),
+                move |ex, out| ex.image_export(&m, out),
+            )
+            .await
+        }
+        Err(e) => answer_error(e),
+    }
+}
+
+/// A response body that `write` makes on a blocking thread with an executor of its own, once
+/// `check` has passed (else its error, as an envelope). A failure on the way cuts the body
+/// short with an error, so that the client does not take a short archive for the whole one.
+pub(super) async fn streamed(
+    dirs: Dirs,
+    check: impl FnOnce(&Executor) -> Result<(), Error> + Send + 'static,
+    write: impl FnOnce(&Executor, &mut dyn std::io::Write) -> Result<(), Error> + Send + 'static,
+) -> HttpResponse {
     let (tx, rx) = tokio::sync::mpsc::channel(8);
     let (ready_tx, ready) = tokio::sync::oneshot::channel::<Result<(), Error>>();
-    let dirs = host.dirs.clone();
     tokio::task::spawn_blocking(move || {
-        let ex = match Executor::open(&dirs).and_then(|ex| ex.image(&n).map(|_| ex)) {
+        let ex = match Executor::open(&dirs).and_then(|ex| check(&ex).map(|_| ex)) {
             Ok(ex) => ex,
             Err(e) => {
                 let _ = ready_tx.send(Err(e));
@@ -155,9 +172,7 @@ pub(super) async fn export(State(host): State<Host>, Path(raw): Path<String>) ->
             }
         };
         let _ = ready_tx.send(Ok(()));
-        if let Err(e) = ex.image_export(&n, &mut ToBody(tx.clone())) {
-            // The body ends in an error, so that the client does not take a short archive
-            // for the whole one.
+        if let Err(e) = write(&ex, &mut ToBody(tx.clone())) {
             let _ = tx.blocking_send(Err(std::io::Error::other(e.message)));
         }
     });

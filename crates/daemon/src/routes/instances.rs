@@ -19,6 +19,13 @@ pub(super) fn precheck(dirs: &Dirs, job: &Job) -> Result<(), Error> {
             Err(e) if e.kind == berth_api::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(e),
         },
+        Job::InstanceReceive { name, .. } => match ex.type_of(name) {
+            Ok(_) => Err(Error::conflict(format!(
+                "an instance named {name:?} already exists"
+            ))),
+            Err(e) if e.kind == berth_api::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e),
+        },
         Job::ImageBuild { .. } => Ok(()),
         Job::ImageImport { name, .. } => match ex.image(name) {
             Ok(_) => Err(Error::conflict(format!(
@@ -63,6 +70,10 @@ pub(super) async fn in_worker(host: Host, job: Job) -> HttpResponse {
                 undo_create(&host, &create.name);
             }
         }
+        if let Job::InstanceReceive { upload, .. } = &job {
+            // What a killed worker left of the received archive.
+            let _ = std::fs::remove_dir_all(upload);
+        }
         if job.is_image() {
             // What a cancelled (killed) build or import left, and an upload not taken.
             if let Job::ImageImport { upload, .. } = &job {
@@ -86,7 +97,7 @@ pub(super) async fn in_worker(host: Host, job: Job) -> HttpResponse {
             });
         }
         let r = r.and_then(|v| match job {
-            Job::Create { .. } => serde_json::from_value(v)
+            Job::Create { .. } | Job::InstanceReceive { .. } => serde_json::from_value(v)
                 .map(|i| Made::Instance(Box::new(i)))
                 .map_err(|e| Error::internal(format!("the worker's instance: {e}"))),
             Job::ImageBuild { .. } | Job::ImageImport { .. } => serde_json::from_value(v)

@@ -26,11 +26,13 @@
 //! Every answer is a [`Response`] with the error's HTTP status; an unknown path is a 404 in the
 //! same envelope.
 
+pub(crate) mod copies;
 mod documented;
 pub(crate) mod images;
 pub(crate) mod instances;
 pub(crate) mod server;
 
+use copies::*;
 use images::*;
 use instances::*;
 use server::*;
@@ -72,7 +74,11 @@ pub fn router(dirs: Dirs, worker: PathBuf) -> Router {
     Router::new()
         .route("/1.0", get(server))
         .route("/1.0/instances", get(list).post(create))
-        .route("/1.0/instances/{name}", get(info).patch(set).delete(delete))
+        .route(
+            "/1.0/instances/{name}",
+            get(info).patch(set).delete(delete).put(instance_receive),
+        )
+        .route("/1.0/instances/{name}/export", get(instance_export))
         .route("/1.0/instances/{name}/state", put(change_state))
         .route("/1.0/instances/{name}/logs", get(logs))
         .route("/1.0/instances/{name}/exec", get(exec))

@@ -1,0 +1,101 @@
+//! The two ends of an instance's copy between hosts (`berth copy`): its export, streamed, and
+//! the receipt of such an archive as a new instance (received first, then an operation).
+
+use super::images::streamed;
+use super::*;
+use axum::body::Body;
+use berth_host::vms::transfer::Identity;
+use futures_util::StreamExt;
+
+#[utoipa::path(get, path = "/1.0/instances/{name}/export", tag = "instances", params(("name" = String, Path, description = "The instance (a stopped VM)")),
+    description = "The instance as it travels to another host: an uncompressed tar of `instance.json` (its settings, machine-id, user-data and its image's fingerprint, without what belongs to this host) and `disk.qcow2`, its overlay on the image (what `PUT /1.0/instances/{name}` takes). A failure on the way cuts the body short.",
+    responses((status = 200, description = "The instance archive", content_type = "application/octet-stream", body = String), documented::NoInstance, documented::Refused))]
+pub(super) async fn instance_export(
+    State(host): State<Host>,
+    Path(raw): Path<String>,
+) -> HttpResponse {
+    match name(&raw) {
+        Ok(n) => {
+            let m = n.clone();
+            streamed(
+                host.dirs,
+                move |ex| ex.instance_exportable(&n),
+                move |ex, out| ex.instance_export(&m, out),
+            )
+            .await
+        }
+        Err(e) => answer_error(e),
+    }
+}
+
+/// `identity` of a receipt: `new` (a copy, the default) or `keep` (a moved guest).
+fn identity(query: Option<&str>) -> Result<Identity, Error> {
+    let mut out = Identity::New;
+    for (k, v) in params(query, &["identity"], "an instance's receipt")? {
+        out = match v {
+            "new" => Identity::New,
+            "keep" => Identity::Keep,
+            _ => {
+                return Err(Error::invalid(
+                    k,
+                    format!("identity {v:?} is not new or keep"),
+                ))
+            }
+        };
+    }
+    Ok(out)
+}
+
+#[utoipa::path(put, path = "/1.0/instances/{name}", tag = "instances",
+    params(("name" = String, Path, description = "The new instance"), ("identity" = Option<String>, Query, description = "`new` (a copy: a new machine-id; the default) or `keep` (the guest's own machine-id)")),
+    request_body(content = String, content_type = "application/octet-stream",
+        description = "An instance archive as `GET /1.0/instances/{name}/export` makes it: `instance.json` first, then `disk.qcow2`, nothing else. The image it names by fingerprint must be on this host. The instance is made stopped."),
+    responses((status = 202, description = "Received; the install is an operation", body = Response<berth_api::Nothing>), (status = 409, description = "An instance of that name exists", body = Response<berth_api::Nothing>), (status = 400, description = "The archive or a field is wrong (the error names it)", body = Response<berth_api::Nothing>), documented::Refused))]
+pub(super) async fn instance_receive(
+    State(host): State<Host>,
+    Path(raw): Path<String>,
+    RawQuery(query): RawQuery,
+    body: Body,
+) -> HttpResponse {
+    let (n, identity) = match name(&raw).and_then(|n| Ok((n, identity(query.as_deref())?))) {
+        Ok(v) => v,
+        Err(e) => return answer_error(e),
+    };
+    let upload = host.dirs.root.join("instances").join(format!(
+        ".receive-{}-{}",
+        uuid::Uuid::new_v4().simple(),
+        std::process::id()
+    ));
+    let job = Job::InstanceReceive {
+        name: n,
+        upload: upload.clone(),
+        identity,
+    };
+    let (dirs, checked, dir) = (host.dirs.clone(), job.clone(), upload.clone());
+    let stream = body
+        .into_data_stream()
+        .map(|r| r.map_err(std::io::Error::other));
+    let mut input = tokio_util::io::SyncIoBridge::new(tokio_util::io::StreamReader::new(stream));
+    let received = tokio::task::spawn_blocking(move || {
+        precheck(&dirs, &checked)?;
+        std::fs::create_dir_all(dir.parent().unwrap_or(&dir))
+            .map_err(|e| Error::internal(format!("making {}: {e}", dir.display())))?;
+        berth_host::vms::transfer::receive(
+            &mut input,
+            &dir,
+            berth_host::images::archive::UPLOAD_MAX,
+        )
+        .map(drop)
+        .map_err(|e| Error::invalid("body", e.to_string()))
+    })
+    .await
+    .unwrap_or_else(|e| {
+        Err(Error::internal(format!(
+            "receiving the instance failed: {e}"
+        )))
+    });
+    match received {
+        Ok(()) => in_worker(host, job).await,
+        Err(e) => answer_error(e),
+    }
+}
