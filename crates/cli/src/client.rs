@@ -8,6 +8,7 @@ use berth_api::{
     InstanceExec, InstanceRun, InstanceSet, InstanceStateChange, InstanceType, LogChunk,
 };
 use berth_host::executor::{Executor, ImportFiles};
+pub use berth_host::vms::transfer::Identity;
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -55,6 +56,16 @@ pub trait Client {
         input: Box<dyn Read + Send>,
         events: &mut dyn FnMut(Event),
     ) -> Result<Image, Error>;
+    /// Instance `name` (a stopped VM) as it travels to another host, as a stream.
+    fn instance_export(&self, name: &str) -> Result<Box<dyn Read + Send>, Error>;
+    /// Take as instance `name` what another host's [`Client::instance_export`] streams.
+    fn instance_receive(
+        &self,
+        name: &str,
+        identity: Identity,
+        input: Box<dyn Read + Send>,
+        events: &mut dyn FnMut(Event),
+    ) -> Result<Instance, Error>;
     /// Remove an image.
     fn image_delete(&self, name: &str) -> Result<(), Error>;
     /// Build an image; `events` gets its progress.
@@ -85,6 +96,16 @@ pub struct Console {
     pub output: Box<dyn Read + Send>,
     /// What is typed into it.
     pub input: Box<dyn Write + Send>,
+}
+
+/// What `write` writes, as a stream read as it is made. The executor stays on this thread: the
+/// stream's writer opens one of its own on the same data dir.
+fn exported(
+    ex: &Executor,
+    write: impl FnOnce(&Executor, &mut (dyn Write + Send)) -> Result<(), Error> + Send + 'static,
+) -> Box<dyn Read + Send> {
+    let dirs = ex.dirs().clone();
+    berth_client::reader_of(move |out| write(&Executor::open(&dirs)?, out))
 }
 
 impl Client for Executor {
@@ -134,11 +155,8 @@ impl Client for Executor {
     }
     fn image_export(&self, name: &str) -> Result<Box<dyn Read + Send>, Error> {
         Executor::image(self, name)?;
-        // The executor stays on this thread: the stream's writer opens one of its own.
-        let (dirs, name) = (self.dirs().clone(), name.to_string());
-        Ok(berth_client::reader_of(move |out| {
-            Executor::open(&dirs)?.image_export(&name, out)
-        }))
+        let name = name.to_string();
+        Ok(exported(self, move |ex, out| ex.image_export(&name, out)))
     }
     fn image_receive(
         &self,
@@ -147,6 +165,22 @@ impl Client for Executor {
         events: &mut dyn FnMut(Event),
     ) -> Result<Image, Error> {
         Executor::image_receive(self, name, &mut input, events)
+    }
+    fn instance_export(&self, name: &str) -> Result<Box<dyn Read + Send>, Error> {
+        Executor::instance_exportable(self, name)?;
+        let name = name.to_string();
+        Ok(exported(self, move |ex, out| {
+            ex.instance_export(&name, out)
+        }))
+    }
+    fn instance_receive(
+        &self,
+        name: &str,
+        identity: Identity,
+        mut input: Box<dyn Read + Send>,
+        events: &mut dyn FnMut(Event),
+    ) -> Result<Instance, Error> {
+        Executor::instance_receive(self, name, &mut input, identity, events)
     }
     fn image_delete(&self, name: &str) -> Result<(), Error> {
         Executor::image_delete(self, name)
@@ -250,6 +284,22 @@ impl Client for berth_client::Remote {
         events: &mut dyn FnMut(Event),
     ) -> Result<Image, Error> {
         berth_client::Remote::image_send(self, name, input, events)
+    }
+    fn instance_export(&self, name: &str) -> Result<Box<dyn Read + Send>, Error> {
+        berth_client::Remote::instance_export(self, name)
+    }
+    fn instance_receive(
+        &self,
+        name: &str,
+        identity: Identity,
+        input: Box<dyn Read + Send>,
+        events: &mut dyn FnMut(Event),
+    ) -> Result<Instance, Error> {
+        let identity = match identity {
+            Identity::New => "new",
+            Identity::Keep => "keep",
+        };
+        berth_client::Remote::instance_send(self, name, identity, input, events)
     }
     fn image_delete(&self, name: &str) -> Result<(), Error> {
         berth_client::Remote::image_delete(self, name)

@@ -279,9 +279,9 @@ pub fn run(cmd: ImageCommand) -> Result<Status> {
 }
 
 /// Counts what passes through it onto a progress bar.
-struct Counted {
-    inner: Box<dyn std::io::Read + Send>,
-    pb: ProgressBar,
+pub(crate) struct Counted {
+    pub(crate) inner: Box<dyn std::io::Read + Send>,
+    pub(crate) pb: ProgressBar,
 }
 
 impl std::io::Read for Counted {
@@ -292,32 +292,38 @@ impl std::io::Read for Counted {
     }
 }
 
-fn short(fingerprint: &str) -> &str {
+pub(crate) fn short(fingerprint: &str) -> &str {
     &fingerprint[..16.min(fingerprint.len())]
 }
 
-/// `berth image copy SOURCE TARGET`.
-fn copy(source: &str, to: &str, json: bool) -> Result<Status> {
-    let (src, from) = target(source)?;
-    let from = from.with_context(|| format!("{source:?} names no image (NAME or REMOTE:NAME)"))?;
-    let (dst, named) = target(to)?;
-    let name = named.unwrap_or_else(|| from.clone());
-    let host = to
-        .split_once(':')
-        .map_or_else(|| "local:".to_string(), |(r, _)| format!("{r}:"));
-    let image = src.image(&from)?;
+/// What sending an image to a host came to.
+pub(crate) enum Sent {
+    /// The host had it already, under this name.
+    Already(Image),
+    /// Sent, in so many seconds.
+    Copied(Image, f64),
+}
+
+/// The host part of `REMOTE:[NAME]`, as `REMOTE:` (`local:` when there is none).
+pub(crate) fn host_of(to: &str) -> String {
+    to.split_once(':')
+        .map_or_else(|| "local:".to_string(), |(r, _)| format!("{r}:"))
+}
+
+/// Send image `from` of `src` to `dst` (called `host`) as `name`, unless `dst` holds it
+/// (the same fingerprint) under any name; a name `dst` uses for another image is refused before
+/// anything is sent.
+pub(crate) fn send(
+    src: &dyn client::Client,
+    from: &str,
+    dst: &dyn client::Client,
+    name: &str,
+    host: &str,
+) -> Result<Sent> {
+    let image = src.image(from)?;
     let there = dst.images()?;
     if let Some(same) = there.iter().find(|i| i.fingerprint == image.fingerprint) {
-        if json {
-            print_json(same)?;
-        } else {
-            println!(
-                "Image {from} is already on {host} as {} (fingerprint {}): nothing sent.",
-                same.name,
-                short(&same.fingerprint)
-            );
-        }
-        return Ok(Status(0));
+        return Ok(Sent::Already(same.clone()));
     }
     if let Some(other) = there.iter().find(|i| i.name == name) {
         return Err(berth_api::Error::conflict(format!(
@@ -328,27 +334,41 @@ fn copy(source: &str, to: &str, json: bool) -> Result<Status> {
         ))
         .into());
     }
-    let pb = crate::output::progress_bar(&format!("copying {from}"));
+    let pb = crate::output::progress_bar(&format!("copying image {from}"));
     pb.set_length(image.stored_bytes);
     let clock = std::time::Instant::now();
     let input = Counted {
-        inner: src.image_export(&from)?,
+        inner: src.image_export(from)?,
         pb: pb.clone(),
     };
-    let copied = dst.image_receive(&name, Box::new(input), &mut |ev| {
+    let copied = dst.image_receive(name, Box::new(input), &mut |ev| {
         pb.set_message(ev.message.clone())
     })?;
     pb.finish_and_clear();
-    if json {
-        print_json(&copied)?;
-    } else {
-        println!(
-            "Copied image {from} to {host} as {} ({}, fingerprint {}) in {:.1} s.",
+    Ok(Sent::Copied(copied, clock.elapsed().as_secs_f64()))
+}
+
+/// `berth image copy SOURCE TARGET`.
+fn copy(source: &str, to: &str, json: bool) -> Result<Status> {
+    let (src, from) = target(source)?;
+    let from = from.with_context(|| format!("{source:?} names no image (NAME or REMOTE:NAME)"))?;
+    let (dst, named) = target(to)?;
+    let name = named.unwrap_or_else(|| from.clone());
+    let host = host_of(to);
+    match send(src.as_ref(), &from, dst.as_ref(), &name, &host)? {
+        Sent::Already(same) if json => print_json(&same)?,
+        Sent::Already(same) => println!(
+            "Image {from} is already on {host} as {} (fingerprint {}): nothing sent.",
+            same.name,
+            short(&same.fingerprint)
+        ),
+        Sent::Copied(copied, _) if json => print_json(&copied)?,
+        Sent::Copied(copied, secs) => println!(
+            "Copied image {from} to {host} as {} ({}, fingerprint {}) in {secs:.1} s.",
             copied.name,
             describe(&copied),
             short(&copied.fingerprint),
-            clock.elapsed().as_secs_f64()
-        );
+        ),
     }
     Ok(Status(0))
 }

@@ -3,6 +3,7 @@
 
 mod client;
 mod container;
+mod copy;
 mod disk;
 mod docs;
 mod exit;
@@ -61,6 +62,9 @@ enum Command {
     Resume(vm::NameArg),
     /// Delete an instance (a running one only with --force).
     Delete(vm::DeleteArgs),
+    /// Copy a stopped VM to this or another host, with a new machine-id (its image goes too,
+    /// when the target lacks it).
+    Copy(copy::CopyArgs),
     /// Attach to the serial console (detach with Ctrl-]).
     Console(vm::NameArg),
     /// Show the console log.
@@ -182,6 +186,7 @@ fn main() -> ExitCode {
         Command::Pause(a) => vm::pause(a, true),
         Command::Resume(a) => vm::pause(a, false),
         Command::Delete(a) => vm::delete(a),
+        Command::Copy(a) => copy::run(a),
         Command::Console(a) => vm::console(a),
         Command::Logs(a) => vm::logs(a),
         Command::Ssh(a) => vm::ssh(a),

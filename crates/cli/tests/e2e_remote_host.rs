@@ -42,6 +42,8 @@ const GUARDED: &[(&str, &str)] = &[
     ("PATCH", "/1.0/instances/web"),
     ("DELETE", "/1.0/instances/web"),
     ("PUT", "/1.0/instances/web/state"),
+    ("PUT", "/1.0/instances/web"),
+    ("GET", "/1.0/instances/web/export"),
     ("GET", "/1.0/instances/web/logs"),
     ("GET", "/1.0/instances/web/exec"),
     ("GET", "/1.0/instances/web/console"),
@@ -354,6 +356,72 @@ fn a_second_host_is_joined_and_its_guests_managed_over_https() {
             .unwrap_or_else(|| panic!("{n} is not listed after the restart: {listed}"));
         assert_eq!(i["state"]["state"], "running", "{i}");
     }
+
+    // `copy`, both ways, of the stopped VM: from there to here (its image is here already,
+    // so only the overlay travels), booted here with an identity of its own; and back there
+    // under another name (the PUT route), stopped. The source is left as it was.
+    let probe = "hostname; cat /etc/machine-id; cat /sys/class/net/eth0/address; \
+                 cat /etc/ssh/ssh_host_ed25519_key.pub";
+    let before = c.run_ok(&["exec", &tv, "--", "sh", "-c", probe]);
+    c.run_ok(&["stop", &tv]);
+    let copy = format!("copy-{pid}");
+    let out = c.run_ok(&["copy", &tv, &format!("local:{copy}")]);
+    assert!(
+        out.contains(&format!("Copied {vm} to local: as {copy}")),
+        "{out}"
+    );
+    let local: Value = serde_json::from_str(&c.run_ok(&["info", "--json", &copy])).unwrap();
+    assert_eq!(local["state"]["state"], "stopped", "{local}");
+    assert_eq!(
+        local["state"]["reason"],
+        format!("copied from {vm}"),
+        "{local}"
+    );
+    c.run_ok(&["start", &copy]);
+    let after = c.run_ok(&["exec", &copy, "--", "sh", "-c", probe]);
+    let (b, a): (Vec<&str>, Vec<&str>) = (before.lines().collect(), after.lines().collect());
+    assert_eq!(
+        (b[0], a[0]),
+        (vm.as_str(), copy.as_str()),
+        "hostnames: {before} / {after}"
+    );
+    assert_eq!(a[1], local["machine_id"].as_str().unwrap(), "{after}");
+    for (i, what) in [(1, "machine-id"), (2, "MAC"), (3, "SSH host key")] {
+        assert_ne!(
+            a[i], b[i],
+            "the copy has the source's {what}: {before} / {after}"
+        );
+    }
+    let audit = c.run(&["machine-id", "audit"]);
+    assert!(
+        audit.status.success(),
+        "{}",
+        String::from_utf8_lossy(&audit.stdout)
+    );
+    c.run_ok(&["stop", &copy]);
+    let back = format!("h2:back-{pid}");
+    c.run_ok(&["copy", &copy, &back]);
+    let there: Value = serde_json::from_str(&c.run_ok(&["info", "--json", &back])).unwrap();
+    assert_eq!(there["state"]["state"], "stopped", "{there}");
+    let ids = [&there["machine_id"], &local["machine_id"]];
+    assert_ne!(ids[0], ids[1]);
+    // A name taken there is refused before anything is sent; so is a running source.
+    let out = c.run(&["copy", &copy, &back]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already has an instance"));
+    c.run_ok(&["start", &tv]);
+    let out = c.run(&["copy", &tv, "local:again"]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("stop it first"),
+        "{out:?}"
+    );
+    c.run_ok(&["delete", &back]);
+    c.run_ok(&["delete", &copy]);
+    assert!(
+        std::fs::read_dir(h.dir.path().join("instances"))
+            .unwrap()
+            .all(|e| !e.unwrap().file_name().to_string_lossy().starts_with('.')),
+        "the copy left a work folder"
+    );
 
     // The image is kept while guests are made from it.
     let out = c.run(&["image", "rm", "h2:debian-12"]);
