@@ -210,10 +210,11 @@ impl VmRecord {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn record() -> VmRecord {
+    /// A paravirt VM's record, as the tests of this record and of the VM archive use it.
+    pub(crate) fn record() -> VmRecord {
         VmRecord {
             config: VmConfig {
                 kind: Kind::Paravirt,

@@ -248,41 +248,16 @@ pub fn user_data_for_copy(
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::vms::VmPaths;
-    use berth_qemu::host::Accel;
-    use berth_qemu::vm::{Forward, Kind};
+    use berth_qemu::vm::Forward;
 
+    /// The record the VM record's tests use, with a forward of the user's beside SSH's.
     pub(crate) fn record() -> VmRecord {
-        VmRecord {
-            config: VmConfig {
-                kind: Kind::Paravirt,
-                accel: Accel::Tcg,
-                cpus: 2,
-                memory_mib: 1024,
-                disk_cache: "writeback".into(),
-                forwards: vec![
-                    Forward {
-                        host: 40022,
-                        guest: 22,
-                    },
-                    Forward {
-                        host: 8080,
-                        guest: 80,
-                    },
-                ],
-                kernel: "vmlinuz-6.1.0-1-cloud-amd64".into(),
-                initrd: Some("initrd.img-6.1.0-1-cloud-amd64".into()),
-                root: "LABEL=rootfs".into(),
-                tcg_cpu: Some(berth_qemu::vm::TCG_CPU_BASELINE.into()),
-            },
-            ssh_port: 40022,
-            ssh_user: "berth".into(),
-            ssh_key: "/d/keys/id_ed25519".into(),
-            machine_id: "5e5693f454f8456f9fc644a446d80ca6".into(),
-            disk_size: 2 << 30,
-            image: "debian-12".into(),
-            paths: VmPaths::default(),
-        }
+        let mut r = crate::vm_record::tests::record();
+        r.config.forwards.push(Forward {
+            host: 8080,
+            guest: 80,
+        });
+        r
     }
 
     pub(crate) const USER_DATA: &str = "#cloud-config\nhostname: web\nusers:\n- name: berth\n  ssh_authorized_keys:\n  - ssh-ed25519 AAAA source\n";
