@@ -1,4 +1,4 @@
-//! A VM as it travels between hosts (the coming `berth copy` and `berth move`): an uncompressed
+//! A VM as it travels between hosts (`berth copy`, and the coming `berth move`): an uncompressed
 //! tar of `instance.json` ([`VmArchive`]) and its thin qcow2 overlay `disk.qcow2`. The overlay's
 //! backing file is the VM's image, which travels apart, once, as an image copy, and is found on
 //! the receiving host by its fingerprint (whatever it is named there). The VM is installed
