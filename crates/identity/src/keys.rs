@@ -175,6 +175,33 @@ pub fn generate_to(spec: &KeySpec, path: &Path, force: bool) -> Result<KeyPair, 
     Ok(pair)
 }
 
+/// Write a private key received as text (an OpenSSH private key, not encrypted: a moved
+/// guest's own key) to `path` (0600) and its public key to `path.pub` (0644), refusing to
+/// overwrite either. Returns the public key line. The text is untrusted: anything but such a
+/// key is refused before a file is written.
+pub fn install_private(text: &str, path: &Path) -> Result<String, KeyError> {
+    let key = PrivateKey::from_openssh(text)
+        .map_err(|e| KeyError::Invalid(format!("not an OpenSSH private key: {e}")))?;
+    if key.is_encrypted() {
+        return Err(KeyError::Invalid(
+            "the private key is encrypted; berth needs one it can use unattended".into(),
+        ));
+    }
+    let crypto = |e: ssh_key::Error| KeyError::Crypto(e.to_string());
+    let public_openssh = format!("{}\n", key.public_key().to_openssh().map_err(crypto)?);
+    let private_openssh = key.to_openssh(LineEnding::LF).map_err(crypto)?;
+    let public = public_path(path);
+    for p in [path, public.as_path()] {
+        match berth_files::output::check_target(p, false, "a key") {
+            Err(berth_files::FileError::Exists(p)) => return Err(KeyError::Exists(p)),
+            other => other?,
+        }
+    }
+    berth_files::output::write_atomic(path, private_openssh.as_bytes(), 0o600, "a private key")?;
+    berth_files::output::write_atomic(&public, public_openssh.as_bytes(), 0o644, "a public key")?;
+    Ok(public_openssh)
+}
+
 /// berth's own key pair under its data folder, generated (ed25519) on first use.
 pub fn ensure_default(keys_dir: &Path, comment: &str) -> Result<PathBuf, KeyError> {
     let path = keys_dir.join("id_ed25519");
@@ -195,6 +222,39 @@ pub fn ensure_default(keys_dir: &Path, comment: &str) -> Result<PathBuf, KeyErro
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn a_received_private_key_is_installed_with_its_public_key_or_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let spec = KeySpec {
+            key_type: KeyType::Ed25519,
+            bits: None,
+            comment: "berth@web".into(),
+            passphrase: String::new(),
+        };
+        let pair = generate(&spec).unwrap();
+        let path = d.path().join("id_ed25519");
+        let public = install_private(&pair.private_openssh, &path).unwrap();
+        assert_eq!(public, pair.public_openssh);
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&path), 0o600);
+        assert_eq!(mode(&public_path(&path)), 0o644);
+        assert!(matches!(
+            install_private(&pair.private_openssh, &path),
+            Err(KeyError::Exists(_))
+        ));
+        let other = d.path().join("other");
+        let e = install_private("not a key", &other).unwrap_err();
+        assert!(e.to_string().contains("not an OpenSSH private key"), "{e}");
+        let locked = generate(&KeySpec {
+            passphrase: "secret".into(),
+            ..spec
+        })
+        .unwrap();
+        let e = install_private(&locked.private_openssh, &other).unwrap_err();
+        assert!(e.to_string().contains("encrypted"), "{e}");
+        assert!(!other.exists());
+    }
 
     #[test]
     fn writes_modes_and_refuses_to_overwrite() {
