@@ -40,6 +40,10 @@ pub enum Status {
     /// Its creation was cut short (the command making it was killed): `delete --force`
     /// removes what is left.
     Broken,
+    /// Being moved between hosts (`berth move`), on the host it leaves or the one it reaches:
+    /// not running, and it cannot start until the move is finished or undone (the reason says
+    /// which host is the other).
+    Moving,
 }
 
 impl std::fmt::Display for Status {
@@ -50,6 +54,7 @@ impl std::fmt::Display for Status {
             Status::Paused => "paused",
             Status::Stopped => "stopped",
             Status::Broken => "broken",
+            Status::Moving => "moving",
         })
     }
 }

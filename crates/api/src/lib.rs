@@ -31,8 +31,8 @@ pub use instance::{
 };
 pub use operation::{Operation, OperationStatus, OPERATION_EVENTS_MAX};
 pub use request::{
-    check_disk, check_name, Accel, ContainerCreate, InstanceCreate, InstanceDelete, InstanceSet,
-    InstanceStateChange, Network, StateAction, VmCreate,
+    check_disk, check_name, Accel, ContainerCreate, InstanceCreate, InstanceDelete, InstanceMove,
+    InstanceSet, InstanceStateChange, MoveStep, Network, StateAction, VmCreate,
 };
 pub use response::{Nothing, Response, ServerInfo};
 pub use stream::{StreamControl, WindowSize};

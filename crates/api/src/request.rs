@@ -261,6 +261,64 @@ pub struct InstanceDelete {
     pub force: bool,
 }
 
+/// A step of an instance's move between hosts (`berth move`), on the host it leaves or the one
+/// it reaches. A move is `depart` there, the archive sent with `identity=keep` (received here
+/// as an instance that is `arriving`), `departed` there, `arrived` here; a failure before
+/// `departed` is undone with `stay` there (and the arriving instance deleted here). Each step
+/// is idempotent, so that a move cut short is finished or undone by doing it again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum MoveStep {
+    /// On the host it leaves: a stopped instance becomes moving (it cannot start, change or be
+    /// copied until the move ends), so that what travels is what it is.
+    Depart,
+    /// On the host it leaves: the move is undone; it is a stopped instance here again.
+    Stay,
+    /// On the host it leaves: the other host has it; it is removed here, its machine-id
+    /// released.
+    Departed,
+    /// On the host it reaches: the instance received arriving is now this host's, stopped.
+    Arrived,
+}
+
+impl std::fmt::Display for MoveStep {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            MoveStep::Depart => "depart",
+            MoveStep::Stay => "stay",
+            MoveStep::Departed => "departed",
+            MoveStep::Arrived => "arrived",
+        })
+    }
+}
+
+/// A step of a move (see [`MoveStep`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct InstanceMove {
+    /// Which step.
+    pub step: MoveStep,
+    /// The other host, as the user names it (shown in the instance's state while it moves).
+    #[serde(default)]
+    pub peer: String,
+}
+
+impl InstanceMove {
+    /// Check the request.
+    pub fn check(&self) -> Result<(), Error> {
+        if self.peer.len() > 255 || self.peer.chars().any(char::is_control) {
+            return Err(Error::invalid(
+                "peer",
+                format!(
+                    "{:?} is not a host's name (at most 255 printable characters)",
+                    self.peer
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// Change a container's limits while it runs (`none` lifts one).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]

@@ -5,7 +5,8 @@
 use crate::remote::Target;
 use berth_api::{
     Error, Event, ExecExit, Image, ImageBuild, Instance, InstanceCreate, InstanceDelete,
-    InstanceExec, InstanceRun, InstanceSet, InstanceStateChange, InstanceType, LogChunk,
+    InstanceExec, InstanceMove, InstanceRun, InstanceSet, InstanceStateChange, InstanceType,
+    LogChunk,
 };
 use berth_host::executor::{Executor, ImportFiles};
 pub use berth_host::vms::transfer::Identity;
@@ -56,8 +57,11 @@ pub trait Client {
         input: Box<dyn Read + Send>,
         events: &mut dyn FnMut(Event),
     ) -> Result<Image, Error>;
-    /// Instance `name` (a stopped VM) as it travels to another host, as a stream.
-    fn instance_export(&self, name: &str) -> Result<Box<dyn Read + Send>, Error>;
+    /// Instance `name` as it travels to another host, as a stream: a stopped VM, or for a move
+    /// (`moving`) one that departs, with its own SSH key.
+    fn instance_export(&self, name: &str, moving: bool) -> Result<Box<dyn Read + Send>, Error>;
+    /// A step of instance `name`'s move between hosts.
+    fn instance_move(&self, name: &str, r: &InstanceMove) -> Result<(), Error>;
     /// Take as instance `name` what another host's [`Client::instance_export`] streams.
     fn instance_receive(
         &self,
@@ -166,12 +170,15 @@ impl Client for Executor {
     ) -> Result<Image, Error> {
         Executor::image_receive(self, name, &mut input, events)
     }
-    fn instance_export(&self, name: &str) -> Result<Box<dyn Read + Send>, Error> {
-        Executor::instance_exportable(self, name)?;
+    fn instance_export(&self, name: &str, moving: bool) -> Result<Box<dyn Read + Send>, Error> {
+        Executor::instance_exportable(self, name, moving)?;
         let name = name.to_string();
         Ok(exported(self, move |ex, out| {
-            ex.instance_export(&name, out)
+            ex.instance_export(&name, moving, out)
         }))
+    }
+    fn instance_move(&self, name: &str, r: &InstanceMove) -> Result<(), Error> {
+        Executor::instance_move(self, name, r)
     }
     fn instance_receive(
         &self,
@@ -285,8 +292,11 @@ impl Client for berth_client::Remote {
     ) -> Result<Image, Error> {
         berth_client::Remote::image_send(self, name, input, events)
     }
-    fn instance_export(&self, name: &str) -> Result<Box<dyn Read + Send>, Error> {
-        berth_client::Remote::instance_export(self, name)
+    fn instance_export(&self, name: &str, moving: bool) -> Result<Box<dyn Read + Send>, Error> {
+        berth_client::Remote::instance_export(self, name, moving)
+    }
+    fn instance_move(&self, name: &str, r: &InstanceMove) -> Result<(), Error> {
+        berth_client::Remote::instance_move(self, name, r)
     }
     fn instance_receive(
         &self,

@@ -3,12 +3,12 @@
 //! target holds it under any name); the copy gets a new machine-id registered on its host (so a
 //! new MAC, and new SSH host keys and its own hostname at its first boot), and stays stopped.
 
-use crate::client::{self, Identity};
+use crate::client::{self, Client, Identity};
 use crate::image::{host_of, send, short, Counted, Sent};
 use crate::output::print_json;
 use crate::Status;
 use anyhow::{Context, Result};
-use berth_api::InstanceType;
+use berth_api::{Instance, InstanceType};
 use clap::Args;
 
 // `berth copy`.
@@ -59,29 +59,9 @@ pub fn run(a: CopyArgs) -> Result<Status> {
         Err(e) if e.kind == berth_api::ErrorKind::NotFound => {}
         Err(e) => return Err(e.into()),
     }
-    let image = &instance.image;
-    match send(src.as_ref(), image, dst.as_ref(), image, &host)
-        .with_context(|| format!("sending {from}'s image {image} to {host}"))?
-    {
-        Sent::Already(_) => {}
-        Sent::Copied(i, secs) => eprintln!(
-            "Sent image {image} to {host} first (fingerprint {}, {secs:.1} s).",
-            short(&i.fingerprint)
-        ),
-    }
-    let pb = crate::output::progress_bar(&format!("copying {from}"));
-    if let Some(vm) = &instance.vm {
-        pb.set_length(vm.disk_usage.unwrap_or(0));
-    }
+    send_image(src.as_ref(), &instance, dst.as_ref(), &host)?;
     let clock = std::time::Instant::now();
-    let input = Counted {
-        inner: src.instance_export(&from)?,
-        pb: pb.clone(),
-    };
-    let copied = dst.instance_receive(&name, Identity::New, Box::new(input), &mut |ev| {
-        pb.set_message(ev.message.clone())
-    })?;
-    pb.finish_and_clear();
+    let copied = transfer(src.as_ref(), &instance, dst.as_ref(), &name, Identity::New)?;
     if a.json {
         print_json(&copied)?;
     } else {
@@ -95,4 +75,52 @@ pub fn run(a: CopyArgs) -> Result<Status> {
         );
     }
     Ok(Status(0))
+}
+
+/// Send `instance`'s image from `src` to `dst` (called `host`) unless it holds it already.
+pub(crate) fn send_image(
+    src: &dyn Client,
+    instance: &Instance,
+    dst: &dyn Client,
+    host: &str,
+) -> Result<()> {
+    let image = &instance.image;
+    match send(src, image, dst, image, host)
+        .with_context(|| format!("sending {}'s image {image} to {host}", instance.name))?
+    {
+        Sent::Already(_) => {}
+        Sent::Copied(i, secs) => eprintln!(
+            "Sent image {image} to {host} first (fingerprint {}, {secs:.1} s).",
+            short(&i.fingerprint)
+        ),
+    }
+    Ok(())
+}
+
+/// Stream `instance` from `src` to `dst` as `name`, with a progress bar: a copy
+/// (`Identity::New`) or a move's transfer (`Identity::Keep`, after its depart step).
+pub(crate) fn transfer(
+    src: &dyn Client,
+    instance: &Instance,
+    dst: &dyn Client,
+    name: &str,
+    identity: Identity,
+) -> Result<Instance, berth_api::Error> {
+    let what = match identity {
+        Identity::New => "copying",
+        Identity::Keep => "moving",
+    };
+    let pb = crate::output::progress_bar(&format!("{what} {}", instance.name));
+    if let Some(vm) = &instance.vm {
+        pb.set_length(vm.disk_usage.unwrap_or(0));
+    }
+    let input = Counted {
+        inner: src.instance_export(&instance.name, identity == Identity::Keep)?,
+        pb: pb.clone(),
+    };
+    let r = dst.instance_receive(name, identity, Box::new(input), &mut |ev| {
+        pb.set_message(ev.message.clone())
+    });
+    pb.finish_and_clear();
+    r
 }

@@ -12,6 +12,7 @@ mod image;
 mod key;
 mod machine_id;
 mod monitor;
+mod moves;
 mod output;
 mod remote;
 mod render;
@@ -65,6 +66,9 @@ enum Command {
     /// Copy a stopped VM to this or another host, with a new machine-id (its image goes too,
     /// when the target lacks it).
     Copy(copy::CopyArgs),
+    /// Move a stopped VM to another host, keeping its machine-id, MAC and SSH keys (its image
+    /// goes too, when the target lacks it).
+    Move(moves::MoveArgs),
     /// Attach to the serial console (detach with Ctrl-]).
     Console(vm::NameArg),
     /// Show the console log.
@@ -187,6 +191,7 @@ fn main() -> ExitCode {
         Command::Resume(a) => vm::pause(a, false),
         Command::Delete(a) => vm::delete(a),
         Command::Copy(a) => copy::run(a),
+        Command::Move(a) => moves::run(a),
         Command::Console(a) => vm::console(a),
         Command::Logs(a) => vm::logs(a),
         Command::Ssh(a) => vm::ssh(a),

@@ -1,16 +1,17 @@
-//! The two ends of an instance's copy from one host to another (`berth copy`): its export, a
-//! stream of its transfer archive, and the send of such a stream to a daemon, which installs it
-//! as a new instance.
+//! The ends of an instance's copy or move from one host to another (`berth copy`, `berth
+//! move`): its export, a stream of its transfer archive; the send of such a stream to a
+//! daemon, which installs it as an instance; a move's steps.
 
 use super::{segment, Remote};
-use berth_api::{Error, Event, Instance};
+use berth_api::{Error, Event, Instance, InstanceMove, Nothing};
 use std::io::Read;
 
 impl Remote {
-    /// Instance `name` (a stopped VM) as it travels to another host, read from this daemon as
-    /// the reader takes it. A failure on the way is the stream's last read.
-    pub fn instance_export(&self, name: &str) -> Result<Box<dyn Read + Send>, Error> {
-        let path = format!("/1.0/instances/{}/export", segment(name)?);
+    /// Instance `name` (a stopped VM, or for a move one that departs) as it travels to another
+    /// host, read from this daemon as the reader takes it. A failure on the way is the
+    /// stream's last read.
+    pub fn instance_export(&self, name: &str, moving: bool) -> Result<Box<dyn Read + Send>, Error> {
+        let path = format!("/1.0/instances/{}/export?move={moving}", segment(name)?);
         // Refused here, where a missing instance would otherwise show as a broken stream.
         self.info(name)?;
         Ok(self.download_stream(path))
@@ -44,5 +45,11 @@ impl Remote {
                     self.endpoint
                 ))
             })
+    }
+
+    /// A step of instance `name`'s move.
+    pub fn instance_move(&self, name: &str, r: &InstanceMove) -> Result<(), Error> {
+        let path = format!("/1.0/instances/{}/move", segment(name)?);
+        self.sync::<Nothing>("POST", &path, Some(r)).map(drop)
     }
 }

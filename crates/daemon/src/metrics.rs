@@ -88,6 +88,7 @@ pub fn render(instances: &[Instance]) -> String {
             Status::Paused,
             Status::Stopped,
             Status::Broken,
+            Status::Moving,
         ] {
             let on = if i.state.state == s { 1.0 } else { 0.0 };
             state.samples.push((format!("{labels},state=\"{s}\""), on));

@@ -24,6 +24,7 @@ use utoipa::OpenApi;
         crate::routes::instances::console,
         crate::routes::copies::instance_export,
         crate::routes::copies::instance_receive,
+        crate::routes::copies::instance_move,
         crate::routes::images::images,
         crate::routes::images::image_info,
         crate::routes::images::build,

@@ -56,6 +56,11 @@ pub(crate) fn state_error(e: StateError) -> Error {
 /// What an instance's row says while a command creates it (and after that command was killed).
 const CREATING: &str = "creating";
 
+/// Whether a row's desired state is one of a move's (it is leaving or reaching this host).
+fn moving(desired: &str) -> bool {
+    desired == crate::vms::transfer::MOVING || desired == crate::vms::transfer::ARRIVING
+}
+
 pub(crate) fn unix_now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -165,6 +170,12 @@ impl Executor {
         } else {
             self.driver(ty).describe(row, live)?
         };
+        if moving(&row.desired) {
+            i.state = State {
+                state: Status::Moving,
+                reason: row.note.clone(),
+            };
+        }
         if row.desired == CREATING {
             i.state = match locks::holder(&self.dirs, &row.name) {
                 Some(h) => State {
@@ -293,6 +304,11 @@ impl Executor {
                 "{name} was never finished: its creation was cut short; \
                  `berth delete --force {name}` removes what is left"
             ))),
+            Some(row) if moving(&row.desired) => Err(Error::conflict(format!(
+                "{name} is moving ({}): it can change once `berth move` has finished or \
+                 undone the move (run it again to finish a move cut short)",
+                row.note
+            ))),
             Some(_) => Ok(()),
             None => Err(Error::no_instance(name)),
         }
@@ -311,6 +327,13 @@ impl Executor {
             .ok_or_else(|| Error::no_instance(name))?;
         if row.spec.is_empty() {
             return self.driver(ty).purge(name);
+        }
+        if moving(&row.desired) && !r.force {
+            return Err(Error::conflict(format!(
+                "{name} is moving ({}): this may be the only whole copy of the guest; \
+                 `berth move` finishes or undoes the move, --force deletes it anyway",
+                row.note
+            )));
         }
         self.driver(ty).delete(name, r.force)
     }

@@ -393,6 +393,11 @@ impl Client {
         self.command().args(args).output().expect("berth runs")
     }
 
+    /// Its own data dir (its `local:` host).
+    pub fn data_dir(&self) -> &Path {
+        self.data.path()
+    }
+
     /// Its config folder (where remotes.json and its TLS identity live).
     pub fn conf_dir(&self) -> &Path {
         self.conf.path()

@@ -1,27 +1,68 @@
-//! The two ends of an instance's copy between hosts (`berth copy`): its export, streamed, and
-//! the receipt of such an archive as a new instance (received first, then an operation).
+//! The ends of an instance's copy or move between hosts (`berth copy`, `berth move`): its
+//! export, streamed; the receipt of such an archive as an instance (received first, then an
+//! operation); a move's steps.
 
 use super::images::streamed;
 use super::*;
 use axum::body::Body;
+use berth_api::InstanceMove;
 use berth_host::vms::transfer::Identity;
 use futures_util::StreamExt;
 
-#[utoipa::path(get, path = "/1.0/instances/{name}/export", tag = "instances", params(("name" = String, Path, description = "The instance (a stopped VM)")),
-    description = "The instance as it travels to another host: an uncompressed tar of `instance.json` (its settings, machine-id, user-data and its image's fingerprint, without what belongs to this host) and `disk.qcow2`, its overlay on the image (what `PUT /1.0/instances/{name}` takes). A failure on the way cuts the body short.",
+#[utoipa::path(get, path = "/1.0/instances/{name}/export", tag = "instances", params(("name" = String, Path, description = "The instance: a stopped VM, or for a move one that departs"), ("move" = Option<bool>, Query, description = "`true`: the export of a move (after its `depart` step), which also carries the guest's own SSH key `id_ed25519`")),
+    description = "The instance as it travels to another host: an uncompressed tar of `instance.json` (its settings, machine-id, user-data and its image's fingerprint, without what belongs to this host), `disk.qcow2`, its overlay on the image, and for a move `id_ed25519` (what `PUT /1.0/instances/{name}` takes). A failure on the way cuts the body short.",
     responses((status = 200, description = "The instance archive", content_type = "application/octet-stream", body = String), documented::NoInstance, documented::Refused))]
 pub(super) async fn instance_export(
     State(host): State<Host>,
     Path(raw): Path<String>,
+    RawQuery(query): RawQuery,
 ) -> HttpResponse {
-    match name(&raw) {
-        Ok(n) => {
+    match name(&raw).and_then(|n| Ok((n, moving(query.as_deref())?))) {
+        Ok((n, moving)) => {
             let m = n.clone();
             streamed(
                 host.dirs,
-                move |ex| ex.instance_exportable(&n),
-                move |ex, out| ex.instance_export(&m, out),
+                move |ex| ex.instance_exportable(&n, moving),
+                move |ex, out| ex.instance_export(&m, moving, out),
             )
+            .await
+        }
+        Err(e) => answer_error(e),
+    }
+}
+
+/// `move` of an export: `true` or `false` (the default).
+fn moving(query: Option<&str>) -> Result<bool, Error> {
+    let mut out = false;
+    for (k, v) in params(query, &["move"], "an instance's export")? {
+        out = match v {
+            "true" => true,
+            "false" => false,
+            _ => {
+                return Err(Error::invalid(
+                    k,
+                    format!("move {v:?} is not true or false"),
+                ))
+            }
+        };
+    }
+    Ok(out)
+}
+
+#[utoipa::path(post, path = "/1.0/instances/{name}/move", tag = "instances", params(("name" = String, Path, description = "The instance")),
+    request_body = InstanceMove,
+    description = "A step of the instance's move between hosts, on the host it leaves (`depart`, `stay`, `departed`) or the one it reaches (`arrived`); see `MoveStep`. Each is quick and idempotent.",
+    responses((status = 200, description = "Done", body = Response<berth_api::Nothing>), (status = 409, description = "Another command holds the instance", body = Response<berth_api::Nothing>), documented::NoInstance, documented::Refused))]
+pub(super) async fn instance_move(
+    State(host): State<Host>,
+    Path(raw): Path<String>,
+    bytes: Result<Bytes, BytesRejection>,
+) -> HttpResponse {
+    match name(&raw).and_then(|n| Ok((n, body::parse::<InstanceMove>(&read(bytes)?, None)?))) {
+        Ok((n, step)) => {
+            perform(host.dirs, move |ex| {
+                ex.instance_move(&n, &step).map(|()| berth_api::Nothing {})
+            })
             .await
         }
         Err(e) => answer_error(e),
@@ -67,26 +108,17 @@ pub(super) async fn instance_receive(
         std::process::id()
     ));
     let job = Job::InstanceReceive {
-        name: n,
+        name: n.clone(),
         upload: upload.clone(),
         identity,
     };
-    let (dirs, checked, dir) = (host.dirs.clone(), job.clone(), upload.clone());
+    let (dirs, dir) = (host.dirs.clone(), upload.clone());
     let stream = body
         .into_data_stream()
         .map(|r| r.map_err(std::io::Error::other));
     let mut input = tokio_util::io::SyncIoBridge::new(tokio_util::io::StreamReader::new(stream));
     let received = tokio::task::spawn_blocking(move || {
-        precheck(&dirs, &checked)?;
-        std::fs::create_dir_all(dir.parent().unwrap_or(&dir))
-            .map_err(|e| Error::internal(format!("making {}: {e}", dir.display())))?;
-        berth_host::vms::transfer::receive(
-            &mut input,
-            &dir,
-            berth_host::images::archive::UPLOAD_MAX,
-        )
-        .map(drop)
-        .map_err(|e| Error::invalid("body", e.to_string()))
+        Executor::open(&dirs)?.instance_take(&n, &mut input, &dir, identity)
     })
     .await
     .unwrap_or_else(|e| {

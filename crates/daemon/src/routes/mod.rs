@@ -79,6 +79,10 @@ pub fn router(dirs: Dirs, worker: PathBuf) -> Router {
             get(info).patch(set).delete(delete).put(instance_receive),
         )
         .route("/1.0/instances/{name}/export", get(instance_export))
+        .route(
+            "/1.0/instances/{name}/move",
+            axum::routing::post(instance_move),
+        )
         .route("/1.0/instances/{name}/state", put(change_state))
         .route("/1.0/instances/{name}/logs", get(logs))
         .route("/1.0/instances/{name}/exec", get(exec))

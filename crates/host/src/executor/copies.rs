@@ -1,38 +1,104 @@
-//! An instance's two ends of `berth copy` (and the coming `berth move`): its export as a
-//! transfer archive, and an archive taken as a new instance under the name's lock, its row
-//! claimed first and removed again when the install fails. VMs only so far.
+//! An instance's ends of `berth copy` and `berth move`: its export as a transfer archive, an
+//! archive taken as an instance under the name's lock (its row claimed first and removed again
+//! when the install fails), and a move's steps. VMs only so far.
 
 use super::*;
 use crate::drivers::vm_error;
 use crate::vms::transfer::{self, Identity};
+use berth_api::{InstanceMove, MoveStep};
 use std::io::{Read, Write};
 use std::path::Path;
 
 impl Executor {
-    /// Whether instance `name` can travel now (a stopped VM): checked before its export's
-    /// stream begins, where a refusal can still be an answer of its own.
-    pub fn instance_exportable(&self, name: &str) -> Result<(), Error> {
+    /// Whether instance `name` can travel now, checked before its export's stream begins, where
+    /// a refusal can still be an answer of its own: a stopped VM for a copy, a departing one
+    /// (see [`Executor::instance_move`]) for a move.
+    pub fn instance_exportable(&self, name: &str, moving: bool) -> Result<(), Error> {
         match self.type_of(name)? {
             InstanceType::Vm => {
-                self.made(name)?;
-                self.vms.exportable(name).map(drop).map_err(vm_error)
+                if !moving {
+                    self.made(name)?;
+                }
+                self.vms
+                    .exportable(name, moving)
+                    .map(drop)
+                    .map_err(vm_error)
             }
             InstanceType::Container => Err(Error::invalid(
                 "name",
-                format!("{name} is a container: berth copies VMs only so far"),
+                format!("{name} is a container: berth copies and moves VMs only so far"),
             )),
         }
     }
 
-    /// Write instance `name` (a stopped VM) to `out` as it travels to another host.
-    pub fn instance_export(&self, name: &str, out: &mut dyn Write) -> Result<(), Error> {
-        self.instance_exportable(name)?;
+    /// Write instance `name` to `out` as it travels to another host (see
+    /// [`Executor::instance_exportable`]).
+    pub fn instance_export(
+        &self,
+        name: &str,
+        moving: bool,
+        out: &mut dyn Write,
+    ) -> Result<(), Error> {
+        self.instance_exportable(name, moving)?;
         let _lock = locks::acquire(&self.dirs, name, "export")?;
-        self.vms.export(name, out).map_err(vm_error)
+        self.vms.export(name, moving, out).map_err(vm_error)
     }
 
-    /// Take a transfer archive from `input` as instance `name`: what a copy to this host sends
-    /// when the CLI works in-process.
+    /// A step of instance `name`'s move (see [`MoveStep`]). `departed` for an instance this
+    /// host no longer has is done already.
+    pub fn instance_move(&self, name: &str, r: &InstanceMove) -> Result<(), Error> {
+        r.check()?;
+        match self.type_of(name) {
+            Ok(InstanceType::Vm) => {}
+            Ok(InstanceType::Container) => {
+                return Err(Error::invalid(
+                    "name",
+                    format!("{name} is a container: berth moves VMs only so far"),
+                ))
+            }
+            Err(e) if e.kind == ErrorKind::NotFound && r.step == MoveStep::Departed => {
+                return Ok(())
+            }
+            Err(e) => return Err(e),
+        }
+        let _lock = locks::acquire(&self.dirs, name, &format!("move ({})", r.step))?;
+        match r.step {
+            MoveStep::Depart => self.vms.depart(name, &r.peer),
+            MoveStep::Stay => self.vms.stay(name),
+            MoveStep::Departed => self.vms.departed(name),
+            MoveStep::Arrived => self.vms.arrived(name, &r.peer),
+        }
+        .map_err(vm_error)
+    }
+
+    /// Take a transfer archive from `input` into the new folder `work`, refused (and nothing
+    /// left) before its disk is read when this host cannot take it as `identity` says: the
+    /// name taken, a forwarded port taken, a moved guest's machine-id held here.
+    pub fn instance_take(
+        &self,
+        name: &str,
+        input: &mut dyn Read,
+        work: &Path,
+        identity: Identity,
+    ) -> Result<(), Error> {
+        berth_api::check_name(name)?;
+        if self.store.instance(name).map_err(state_error)?.is_some() {
+            return Err(Error::conflict(format!(
+                "an instance named {name:?} already exists"
+            )));
+        }
+        let parent = work.parent().unwrap_or(work);
+        std::fs::create_dir_all(parent)
+            .map_err(|e| Error::internal(format!("making {}: {e}", parent.display())))?;
+        sweep_receipts(parent);
+        let check = |a: &crate::vms::archive::VmArchive| self.vms.can_take(a, identity);
+        transfer::receive(input, work, crate::images::archive::UPLOAD_MAX, &check)
+            .map(drop)
+            .map_err(vm_error)
+    }
+
+    /// Take a transfer archive from `input` as instance `name`: what a copy or move to this
+    /// host sends when the CLI works in-process.
     pub fn instance_receive(
         &self,
         name: &str,
@@ -40,11 +106,8 @@ impl Executor {
         identity: Identity,
         events: &mut dyn FnMut(Event),
     ) -> Result<Instance, Error> {
-        berth_api::check_name(name)?;
         let work = self.receive_dir();
-        std::fs::create_dir_all(work.parent().unwrap_or(&work))
-            .map_err(|e| Error::internal(format!("making {}: {e}", work.display())))?;
-        transfer::receive(input, &work, crate::images::archive::UPLOAD_MAX).map_err(vm_error)?;
+        self.instance_take(name, input, &work, identity)?;
         self.instance_upload(name, &work, identity, events)
     }
 
@@ -59,8 +122,8 @@ impl Executor {
             .join(format!(".receive-{nanos:x}-{}", std::process::id()))
     }
 
-    /// Install the archive received into `work` as instance `name`, stopped. The folder goes
-    /// either way.
+    /// Install the archive received into `work` as instance `name`: stopped (a copy) or
+    /// arriving (a move). The folder goes either way.
     pub fn instance_upload(
         &self,
         name: &str,
@@ -107,14 +170,57 @@ impl Executor {
             started: Instant::now(),
             sink: events,
         };
-        let made = self.vms.install(name, work, identity, &mut |m| {
-            p.emit(EventKind::Progress, m)
-        });
+        let made = self
+            .vms
+            .install(name, work, &archive, &image, identity, &mut |m| {
+                p.emit(EventKind::Progress, m)
+            });
         if let Err(e) = made {
             let _ = self.store.delete_instance(name);
             return Err(vm_error(e));
         }
         p.emit(EventKind::Lifecycle, "created");
         self.info(name)
+    }
+}
+
+/// Remove the work folders (`.receive-ID-PID`) in `dir` of receipts whose process has ended
+/// (a berth killed while it took an archive in): that process cannot finish them.
+fn sweep_receipts(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(".receive-"))
+            .and_then(|n| n.rsplit_once('-'))
+            .and_then(|(_, pid)| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            tracing::info!(folder = %e.path().display(), "removing a receipt its process left");
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn only_receipts_of_ended_processes_are_swept() {
+        let d = tempfile::tempdir().unwrap();
+        let mine = d.path().join(format!(".receive-1a-{}", std::process::id()));
+        // A pid above any kernel's pid_max.
+        let gone = d.path().join(".receive-1b-4294967295");
+        let other = d.path().join("web");
+        for f in [&mine, &gone, &other] {
+            std::fs::create_dir(f).unwrap();
+        }
+        super::sweep_receipts(d.path());
+        assert!(mine.exists() && other.exists());
+        assert!(!gone.exists());
     }
 }

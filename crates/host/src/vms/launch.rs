@@ -70,11 +70,8 @@ impl Vms {
             co.backing_format = Some(Format::Qcow2);
             ops::create(&co, &policy)?;
             let machine_id = crate::machine_ids::allocate(&self.store, "vm", &o.name)?.to_string();
-            let key = keys::ensure_default(&self.dirs.keys(), "berth")?;
-            let mut authorized = vec![std::fs::read_to_string(keys::public_path(&key))
-                .map_err(io("reading", &key))?
-                .trim()
-                .to_string()];
+            let (key, public) = own_key(&dir, &o.name)?;
+            let mut authorized = vec![public];
             authorized.extend(extra_keys.iter().cloned());
             let mut ours = GuestConfig {
                 hostname: Some(o.name.clone()),

@@ -28,6 +28,7 @@ use thiserror::Error;
 
 pub mod archive;
 mod launch;
+mod moves;
 pub mod transfer;
 
 pub use launch::console_reports;
@@ -187,6 +188,20 @@ pub fn default_kind(image_recipe: &str) -> Kind {
 pub struct Vms {
     dirs: Dirs,
     store: std::rc::Rc<Store>,
+}
+
+/// The name of a VM's own SSH key pair in its folder. Each VM has its own (VMs made before
+/// December 2026 trust the host's key under `DATA/keys`), so a moved guest takes only its own
+/// key to the new host.
+pub const KEY: &str = "id_ed25519";
+
+/// Make VM `name`'s own key pair in its folder `dir`; returns the private key's path and the
+/// public key line.
+fn own_key(dir: &Path, name: &str) -> Result<(PathBuf, String), VmError> {
+    let key = keys::ensure_default(dir, &format!("berth@{name}"))?;
+    debug_assert_eq!(key, dir.join(KEY));
+    let public = std::fs::read_to_string(keys::public_path(&key)).map_err(io("reading", &key))?;
+    Ok((key, public.trim().to_string()))
 }
 
 fn free_port() -> Result<u16, VmError> {

@@ -1,28 +1,53 @@
-//! A VM as it travels between hosts (`berth copy`, and the coming `berth move`): an uncompressed
-//! tar of `instance.json` ([`VmArchive`]) and its thin qcow2 overlay `disk.qcow2`. The overlay's
+//! A VM as it travels between hosts (`berth copy`, `berth move`): an uncompressed tar of
+//! `instance.json` ([`VmArchive`]), its thin qcow2 overlay `disk.qcow2` and, when it moves, its
+//! own SSH key `id_ed25519` (a moved guest keeps its cloud-init instance, which will not take
+//! the new host's key; a copy is a new instance and gets a key of its own). The overlay's
 //! backing file is the VM's image, which travels apart, once, as an image copy, and is found on
 //! the receiving host by its fingerprint (whatever it is named there). The VM is installed
 //! whole or not at all.
 
 use super::archive::{user_data_for_copy, VmArchive, DISK, META, META_MAX};
 use super::launch::write_seed;
+use super::moves::own_key_of;
+use super::KEY;
 use super::*;
 use berth_disk::ops::RebaseOptions;
 use std::io::{Read, Write};
 
+/// The row state of a VM leaving this host (`berth move`'s depart): stopped, and it may not
+/// start until the move is finished or undone.
+pub const MOVING: &str = "moving";
+
+/// The row state of a VM received by a move, until the host it left has let it go.
+pub const ARRIVING: &str = "arriving";
+
+/// The longest private key a moved VM's archive may carry.
+const KEY_MAX: u64 = 16 << 10;
+
 /// Read a VM's archive on `input` into `dir` (made here, removed again when the archive is
-/// refused or cut short): `instance.json` first, checked before anything else is taken, then
-/// `disk.qcow2`, at most `max` bytes; nothing else.
-pub fn receive(input: &mut dyn Read, dir: &Path, max: u64) -> Result<VmArchive, VmError> {
+/// refused or cut short): `instance.json` first, checked (then by `check`, the receiving
+/// host's own refusals) before anything else is taken, then `disk.qcow2`, at most `max` bytes,
+/// and maybe the VM's key; nothing else.
+pub fn receive(
+    input: &mut dyn Read,
+    dir: &Path,
+    max: u64,
+    check: &dyn Fn(&VmArchive) -> Result<(), VmError>,
+) -> Result<VmArchive, VmError> {
     std::fs::create_dir(dir).map_err(io("making", dir))?;
-    let r = unpack(input, dir, max);
+    let r = unpack(input, dir, max, check);
     if r.is_err() {
         let _ = std::fs::remove_dir_all(dir);
     }
     r
 }
 
-fn unpack(input: &mut dyn Read, dir: &Path, max: u64) -> Result<VmArchive, VmError> {
+fn unpack(
+    input: &mut dyn Read,
+    dir: &Path,
+    max: u64,
+    check: &dyn Fn(&VmArchive) -> Result<(), VmError>,
+) -> Result<VmArchive, VmError> {
     let bad = |m: String| VmError::Invalid(format!("the instance archive {m}"));
     let mut entries = tar::Archive::new(input);
     let mut entries = entries
@@ -33,16 +58,7 @@ fn unpack(input: &mut dyn Read, dir: &Path, max: u64) -> Result<VmArchive, VmErr
             .next()
             .ok_or_else(|| bad(format!("holds no {want:?}")))?
             .map_err(|e| bad(format!("is unreadable: {e}")))?;
-        let shown = String::from_utf8_lossy(&e.path_bytes()).into_owned();
-        if shown != want || !e.header().entry_type().is_file() {
-            return Err(bad(format!(
-                "holds {shown:?} where a regular file {want:?} belongs"
-            )));
-        }
-        if e.size() > limit {
-            return Err(bad(format!("holds a {want:?} larger than {limit} bytes")));
-        }
-        Ok(e)
+        check_member(e, want, limit)
     };
     let mut text = Vec::new();
     next(META, META_MAX)?
@@ -50,6 +66,7 @@ fn unpack(input: &mut dyn Read, dir: &Path, max: u64) -> Result<VmArchive, VmErr
         .map_err(|e| bad(format!("{META}: {e}")))?;
     let a: VmArchive = serde_json::from_slice(&text).map_err(|e| bad(format!("{META}: {e}")))?;
     a.check()?;
+    check(&a)?;
     std::fs::write(dir.join(META), &text).map_err(io("writing", dir))?;
     let mut disk = next(DISK, max)?;
     let size = disk.size();
@@ -63,15 +80,45 @@ fn unpack(input: &mut dyn Read, dir: &Path, max: u64) -> Result<VmArchive, VmErr
         )));
     }
     drop(disk);
-    if let Some(extra) = entries.next() {
-        let shown = extra
-            .map(|e| String::from_utf8_lossy(&e.path_bytes()).into_owned())
-            .unwrap_or_default();
-        return Err(bad(format!(
-            "holds {shown:?} after {DISK}; it may hold only {META} and {DISK}"
-        )));
+    let only = || bad(format!("may hold only {META}, {DISK} and {KEY}"));
+    if let Some(key) = entries.next() {
+        let mut key = check_member(
+            key.map_err(|e| bad(format!("is unreadable: {e}")))?,
+            KEY,
+            KEY_MAX,
+        )
+        .map_err(|_| only())?;
+        let mut text = String::new();
+        key.read_to_string(&mut text)
+            .map_err(|e| bad(format!("{KEY}: {e}")))?;
+        // Kept 0600 until the install puts it in place (checked there, as a key).
+        let path = dir.join(KEY);
+        berth_files::output::write_atomic(&path, text.as_bytes(), 0o600, "a private key")
+            .map_err(|e| bad(format!("{KEY}: {e}")))?;
+    }
+    if entries.next().is_some() {
+        return Err(only());
     }
     Ok(a)
+}
+
+/// Entry `e` if it is the regular file `want` of at most `limit` bytes.
+fn check_member<'a, R: Read>(
+    e: tar::Entry<'a, R>,
+    want: &str,
+    limit: u64,
+) -> Result<tar::Entry<'a, R>, VmError> {
+    let bad = |m: String| VmError::Invalid(format!("the instance archive {m}"));
+    let shown = String::from_utf8_lossy(&e.path_bytes()).into_owned();
+    if shown != want || !e.header().entry_type().is_file() {
+        return Err(bad(format!(
+            "holds {shown:?} where a regular file {want:?} belongs"
+        )));
+    }
+    if e.size() > limit {
+        return Err(bad(format!("holds a {want:?} larger than {limit} bytes")));
+    }
+    Ok(e)
 }
 
 /// The `instance.json` of an archive received into `work`, checked.
@@ -113,9 +160,24 @@ pub enum Identity {
 }
 
 impl Vms {
-    /// VM `name`, if it can travel now: stopped.
-    pub fn exportable(&self, name: &str) -> Result<(InstanceRow, VmRecord), VmError> {
+    /// VM `name`, if it can travel now: stopped, for a copy; departing (see [`Vms::depart`]),
+    /// for a move.
+    pub fn exportable(&self, name: &str, moving: bool) -> Result<(InstanceRow, VmRecord), VmError> {
         let (row, rec) = self.get(name)?;
+        if moving {
+            if row.desired != MOVING {
+                return Err(VmError::Invalid(format!(
+                    "{name} is not moving: a move's export follows its depart step"
+                )));
+            }
+            return Ok((row, rec));
+        }
+        if row.desired == MOVING || row.desired == ARRIVING {
+            return Err(VmError::Invalid(format!(
+                "{name} is moving ({}): berth copies it once the move is finished or undone",
+                row.note
+            )));
+        }
         if !matches!(self.state(&row, &rec)?, VmState::Stopped { .. }) {
             return Err(VmError::Invalid(format!(
                 "{name} is running: stop it first (berth stop {name}); berth does not copy a \
@@ -125,9 +187,10 @@ impl Vms {
         Ok((row, rec))
     }
 
-    /// Write stopped VM `name` as a transfer archive to `out`.
-    pub fn export(&self, name: &str, out: &mut dyn Write) -> Result<(), VmError> {
-        let (row, rec) = self.exportable(name)?;
+    /// Write VM `name` as a transfer archive to `out`: stopped, for a copy; departing, for a
+    /// move, with its own SSH key.
+    pub fn export(&self, name: &str, moving: bool, out: &mut dyn Write) -> Result<(), VmError> {
+        let (row, rec) = self.exportable(name, moving)?;
         let image = ImageStore::new(&self.dirs).get(&rec.image)?;
         let dir = self.dir(name);
         let ud = dir.join("user-data");
@@ -147,30 +210,35 @@ impl Vms {
         let mut file = std::fs::File::open(disk).map_err(io("reading", disk))?;
         b.append_file(DISK, &mut file)
             .map_err(io("sending", disk))?;
+        if moving {
+            let key = own_key_of(name, &rec)?;
+            let mut file = std::fs::File::open(&key).map_err(io("reading", &key))?;
+            b.append_file(KEY, &mut file).map_err(io("sending", &key))?;
+        }
         b.into_inner()
             .map_err(io("sending", &dir))?
             .flush()
             .map_err(io("sending", &dir))
     }
 
-    /// Install as VM `name`, stopped, the archive received into `work` (its `instance.json`
-    /// and `disk.qcow2`), under the row the executor has made for it. The overlay is put on
-    /// this host's copy of the image (found by fingerprint), the VM gets an SSH port and a seed
-    /// of its own, and, as `identity` says, a new machine-id or its own. Anything that fails
-    /// takes back what was made here; `work` is the caller's to remove.
+    /// Install as VM `name` the archive received into `work` (`a`, its `instance.json` as
+    /// [`read`] found it, and `disk.qcow2`), under the row the executor has made for it, on
+    /// `image`, this host's copy of its image ([`image_of`]). The VM gets an SSH port and a
+    /// seed of its own and, as `identity` says, is a copy (stopped, with a new machine-id and
+    /// SSH key) or the guest moved (arriving, with its own). Anything that fails takes back
+    /// what was made here; `work` is the caller's to remove.
     pub fn install(
         &self,
         name: &str,
         work: &Path,
+        a: &VmArchive,
+        image: &crate::images::ImageMeta,
         identity: Identity,
         progress: &mut dyn FnMut(&str),
     ) -> Result<VmRecord, VmError> {
         check_name(name)
             .map_err(|_| VmError::Invalid(format!("invalid instance name {name:?}")))?;
-        let a = read(work)?;
-        let images = ImageStore::new(&self.dirs);
-        let image = image_of(&images, &a)?;
-        let image_dir = images.path(&image.name);
+        let image_dir = ImageStore::new(&self.dirs).path(&image.name);
         for f in std::iter::once(&a.config.kernel).chain(a.config.initrd.as_ref()) {
             if !image_dir.join(f).is_file() {
                 return Err(VmError::Invalid(format!(
@@ -179,10 +247,7 @@ impl Vms {
                 )));
             }
         }
-        check_forwards(a.config.forwards.iter().map(|f| f.host))?;
-        for f in &a.config.forwards {
-            check_port(f.host)?;
-        }
+        self.can_take(a, identity)?;
         let accel = match a.config.accel {
             Accel::Tcg => Accel::Tcg,
             Accel::Kvm => {
@@ -227,14 +292,25 @@ impl Vms {
                 }
             };
             registered = true;
-            let key = keys::ensure_default(&self.dirs.keys(), "berth")?;
-            let public =
-                std::fs::read_to_string(keys::public_path(&key)).map_err(io("reading", &key))?;
-            let user_data = match identity {
+            let (key, user_data) = match identity {
                 Identity::New => {
-                    user_data_for_copy(&a.user_data, &a.name, name, &a.ssh_user, public.trim())?
+                    let (key, public) = own_key(&dir, name)?;
+                    let ud = user_data_for_copy(&a.user_data, &a.name, name, &a.ssh_user, &public)?;
+                    (key, ud)
                 }
-                Identity::Keep => a.user_data.clone(),
+                Identity::Keep => {
+                    let from = work.join(KEY);
+                    let text = std::fs::read_to_string(&from).map_err(|_| {
+                        VmError::Invalid(format!(
+                            "the archive of {} holds no {KEY}, which a moved VM brings",
+                            a.name
+                        ))
+                    })?;
+                    let key = dir.join(KEY);
+                    keys::install_private(&text, &key)
+                        .map_err(|e| VmError::Invalid(format!("{KEY} of {}: {e}", a.name)))?;
+                    (key, a.user_data.clone())
+                }
             };
             write_seed(&dir, name, user_data, &machine_id)?;
             let ssh_port = free_port()?;
@@ -258,12 +334,18 @@ impl Vms {
                 paths: VmPaths::of(&dir),
             };
             self.store.set_instance_spec(name, &rec.to_json())?;
-            let how = match identity {
-                Identity::New => "copied from",
-                Identity::Keep => "moved from",
-            };
-            self.store
-                .set_instance_state(name, "stopped", &format!("{how} {}", a.name))?;
+            match identity {
+                Identity::New => self.store.set_instance_state(
+                    name,
+                    "stopped",
+                    &format!("copied from {}", a.name),
+                )?,
+                Identity::Keep => self.store.set_instance_state(
+                    name,
+                    ARRIVING,
+                    "arriving: the host it leaves still holds it",
+                )?,
+            }
             Ok(rec)
         })();
         if made.is_err() {
@@ -335,6 +417,7 @@ mod tests {
             let mut rec = record();
             rec.disk_size = 2 << 20;
             rec.image = image.into();
+            rec.ssh_key = own_key(&dir, name).unwrap().0;
             vms.store
                 .insert_instance(&InstanceRow {
                     name: name.into(),
@@ -349,6 +432,13 @@ mod tests {
             crate::machine_ids::allocate(&vms.store, "vm", name).unwrap();
         }
         vms
+    }
+
+    /// Install the archive in `work` as the executor does: read, on this host's image.
+    fn take(vms: &Vms, name: &str, work: &Path, identity: Identity) -> Result<VmRecord, VmError> {
+        let a = read(work)?;
+        let image = image_of(&ImageStore::new(&vms.dirs), &a)?;
+        vms.install(name, work, &a, &image, identity, &mut |_| {})
     }
 
     fn claim(vms: &Vms, name: &str) {
@@ -371,18 +461,16 @@ mod tests {
         let a = host(&d.path().join("a"), "debian-12", Some("web"));
         let b = host(&d.path().join("b"), "deb", None);
         let mut t = Vec::new();
-        a.export("web", &mut t).unwrap();
+        a.export("web", false, &mut t).unwrap();
         let work = d.path().join("b/instances/.receive");
         std::fs::create_dir_all(work.parent().unwrap()).unwrap();
-        let got = receive(&mut t.as_slice(), &work, 1 << 30).unwrap();
+        let got = receive(&mut t.as_slice(), &work, 1 << 30, &|_| Ok(())).unwrap();
         assert_eq!(
             (got.name.as_str(), got.image.as_str()),
             ("web", "debian-12")
         );
         claim(&b, "web2");
-        let rec = b
-            .install("web2", &work, Identity::New, &mut |_| {})
-            .unwrap();
+        let rec = take(&b, "web2", &work, Identity::New).unwrap();
         // On b's image, with a machine-id of its own registered there, stopped.
         assert_eq!(rec.image, "deb");
         let (_, src) = a.get("web").unwrap();
@@ -417,11 +505,9 @@ mod tests {
         std::fs::write(&meta, text.replace(&sha, &"0".repeat(64))).unwrap();
         let work = d.path().join("c/instances/.receive");
         std::fs::create_dir_all(work.parent().unwrap()).unwrap();
-        receive(&mut t.as_slice(), &work, 1 << 30).unwrap();
+        receive(&mut t.as_slice(), &work, 1 << 30, &|_| Ok(())).unwrap();
         claim(&c, "web");
-        let e = c
-            .install("web", &work, Identity::Keep, &mut |_| {})
-            .unwrap_err();
+        let e = take(&c, "web", &work, Identity::Keep).unwrap_err();
         assert!(e.to_string().contains("image debian-12"), "{e}");
         assert!(!c.dir("web").exists());
         assert!(c
@@ -432,22 +518,109 @@ mod tests {
     }
 
     #[test]
+    fn a_moved_vm_keeps_its_machine_id_and_key_and_is_never_startable_at_both_ends() {
+        let d = tempfile::tempdir().unwrap();
+        let a = host(&d.path().join("a"), "debian-12", Some("web"));
+        let b = host(&d.path().join("b"), "debian-12", None);
+        let (_, src) = a.get("web").unwrap();
+        // A copy's export is not a move's, and a move's needs its depart step first.
+        let e = a.export("web", true, &mut Vec::new()).unwrap_err();
+        assert!(e.to_string().contains("not moving"), "{e}");
+        a.depart("web", "b:").unwrap();
+        let (row, _) = a.get("web").unwrap();
+        assert_eq!(
+            (row.desired.as_str(), row.note.as_str()),
+            (MOVING, "moving to b:")
+        );
+        assert!(a.exportable("web", false).is_err(), "a moving VM is copied");
+        let mut t = Vec::new();
+        a.export("web", true, &mut t).unwrap();
+        let work = d.path().join("b/instances/.receive");
+        std::fs::create_dir_all(work.parent().unwrap()).unwrap();
+        // Refused before the disk is read when the host holds its machine-id.
+        b.store
+            .register_machine_id(&src.machine_id, "vm", "other")
+            .unwrap();
+        let check = |x: &VmArchive| b.can_take(x, Identity::Keep);
+        let e = receive(&mut t.as_slice(), &work, 1 << 30, &check).unwrap_err();
+        assert!(e.to_string().contains("already holds machine-id"), "{e}");
+        assert!(!work.exists());
+        b.store.release_machine_id("vm", "other").unwrap();
+        receive(&mut t.as_slice(), &work, 1 << 30, &check).unwrap();
+        claim(&b, "web");
+        let rec = take(&b, "web", &work, Identity::Keep).unwrap();
+        // Its own machine-id (held here now, and still at a until a lets it go) and its key.
+        assert_eq!(rec.machine_id, src.machine_id);
+        assert_eq!(rec.ssh_key, b.dir("web").join(KEY));
+        let read = |p: &Path| std::fs::read_to_string(p).unwrap();
+        assert_eq!(read(&rec.ssh_key), read(&src.ssh_key));
+        assert_eq!(
+            read(&keys::public_path(&rec.ssh_key)),
+            read(&keys::public_path(&src.ssh_key))
+        );
+        let (row, _) = b.get("web").unwrap();
+        assert_eq!(row.desired, ARRIVING);
+        assert!(b.depart("web", "c:").is_err(), "an arriving VM departs");
+        assert!(b.stay("web").is_err(), "an arriving VM stays");
+        // The user-data is the guest's own, as its cloud-init instance is.
+        let ud = read(&rec.paths.disk.with_file_name("user-data"));
+        assert_eq!(ud, USER_DATA);
+        a.departed("web").unwrap();
+        assert!(a.get("web").is_err());
+        assert!(a
+            .store
+            .machine_id_holder(&src.machine_id)
+            .unwrap()
+            .is_none());
+        b.arrived("web", "a:").unwrap();
+        b.arrived("web", "a:").unwrap();
+        let (row, _) = b.get("web").unwrap();
+        assert_eq!(
+            (row.desired.as_str(), row.note.as_str()),
+            ("stopped", "moved here from a:")
+        );
+    }
+
+    #[test]
+    fn a_move_undone_leaves_a_stopped_vm_and_one_with_the_hosts_key_does_not_depart() {
+        let d = tempfile::tempdir().unwrap();
+        let a = host(&d.path().join("a"), "debian-12", Some("web"));
+        a.depart("web", "b:").unwrap();
+        a.depart("web", "b:").unwrap();
+        a.stay("web").unwrap();
+        a.stay("web").unwrap();
+        let (row, rec) = a.get("web").unwrap();
+        assert_eq!(row.desired, "stopped");
+        assert!(
+            a.departed("web").is_err(),
+            "a stopped VM is removed as departed"
+        );
+        // A VM made before VMs had keys of their own.
+        let mut old = rec.clone();
+        old.ssh_key = a.dirs.keys().join(KEY);
+        a.store.set_instance_spec("web", &old.to_json()).unwrap();
+        let e = a.depart("web", "b:").unwrap_err();
+        assert!(e.to_string().contains("shared SSH key"), "{e}");
+        assert_eq!(a.get("web").unwrap().0.desired, "stopped");
+    }
+
+    #[test]
     fn an_archive_with_anything_but_its_two_members_leaves_nothing() {
         let d = tempfile::tempdir().unwrap();
         let a = host(&d.path().join("a"), "debian-12", Some("web"));
         let mut t = Vec::new();
-        a.export("web", &mut t).unwrap();
+        a.export("web", false, &mut t).unwrap();
         let work = d.path().join("w");
         // Cut short in the disk.
-        let e = receive(&mut &t[..t.len() - 2048], &work, 1 << 30).unwrap_err();
+        let e = receive(&mut &t[..t.len() - 2048], &work, 1 << 30, &|_| Ok(())).unwrap_err();
         assert!(e.to_string().contains("disk.qcow2"), "{e}");
         assert!(!work.exists());
         // A disk over the budget.
-        let e = receive(&mut t.as_slice(), &work, 10).unwrap_err();
+        let e = receive(&mut t.as_slice(), &work, 10, &|_| Ok(())).unwrap_err();
         assert!(e.to_string().contains("larger than 10 bytes"), "{e}");
         assert!(!work.exists());
         // Not a tar at all.
-        assert!(receive(&mut &b"nonsense"[..], &work, 1 << 30).is_err());
+        assert!(receive(&mut &b"nonsense"[..], &work, 1 << 30, &|_| Ok(())).is_err());
         assert!(!work.exists());
     }
 }
