@@ -24,6 +24,8 @@ pub struct CopyArgs {
 }
 
 pub fn run(a: CopyArgs) -> Result<Status> {
+    // A broken connection to either host is an error to report, not the end of berth.
+    berth_container::direct::ignore_sigpipe();
     let (src, from) = client::target(&a.source)?;
     anyhow::ensure!(
         !from.is_empty(),

@@ -243,7 +243,11 @@ pub fn run(cmd: ImageCommand) -> Result<Status> {
             source,
             target: to,
             json,
-        } => copy(&source, &to, json),
+        } => {
+            // A broken connection to either host is an error to report, not the end of berth.
+            berth_container::direct::ignore_sigpipe();
+            copy(&source, &to, json)
+        }
         ImageCommand::List { remote, json } => {
             let images = client::remote(remote.as_deref())?.images()?;
             if json {

@@ -208,10 +208,15 @@ fn main() -> ExitCode {
         Command::Monitor(a) => monitor::run(a),
         Command::Man(a) => docs::man(a),
         Command::DaemonWorker => output::dirs().and_then(|d| {
+            // A client gone mid-answer is the operation's to see as an error, not its end.
+            berth_container::direct::ignore_sigpipe();
             berth_daemon::worker::main(&d)?;
             Ok(Status(0))
         }),
         Command::Daemon(a) => output::dirs().and_then(|d| {
+            // A connection its peer dropped (a client killed, a link cut) fails that request;
+            // with SIGPIPE's default it would end the daemon.
+            berth_container::direct::ignore_sigpipe();
             berth_daemon::serve(&d, a.listen.as_deref())?;
             Ok(Status(0))
         }),

@@ -74,6 +74,9 @@ fn moving(i: &Instance) -> bool {
 }
 
 pub fn run(a: MoveArgs) -> Result<Status> {
+    // A host that goes away mid-move is a failure to undo (berth's own steps after it), not
+    // the end of berth with the move half done.
+    berth_container::direct::ignore_sigpipe();
     let remotes = crate::remote::load()?;
     let (st, from) = remotes.split(&a.source)?;
     anyhow::ensure!(
@@ -161,6 +164,17 @@ fn go(e: &Ends) -> Result<Instance> {
         // A move cut short after the target took it whole: the source lets it go.
         Some(i) if resumed && moving(&i) && i.machine_id == instance.machine_id => {
             return depart_and_finish(e);
+        }
+        // What a receipt cut short left there (the berth taking it in was killed): the source
+        // still holds the guest whole, so that goes and the move starts again.
+        Some(i) if resumed && i.state.state == berth_api::Status::Broken => {
+            eprintln!(
+                "Removing {}{}, what an earlier try of this move left there unfinished.",
+                e.host, e.name
+            );
+            e.dst
+                .delete(&e.name, &InstanceDelete { force: true })
+                .with_context(|| format!("removing the unfinished {} on {}", e.name, e.host))?;
         }
         Some(_) => bail!(berth_api::Error::conflict(format!(
             "{} already has an instance named {:?}",

@@ -90,6 +90,7 @@ pub async fn connect(endpoint: &Endpoint) -> Result<Box<dyn Io>, Error> {
                         unreachable(&format!("no answer in {} s", CONNECT_TIMEOUT.as_secs()))
                     })?
                     .map_err(|e| unreachable(&e))?;
+            berth_tls::watch_link(&tcp).map_err(|e| unreachable(&e))?;
             let config = berth_tls::client_config(fingerprint, client_identity(identity)?)
                 .map_err(|e| Error::internal(format!("TLS for {endpoint}: {e}")))?;
             let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));

@@ -62,6 +62,9 @@ pub async fn serve(
                 continue;
             }
         };
+        if let Err(e) = berth_tls::watch_link(&tcp) {
+            tracing::warn!("watching the link of {addr}: {e}");
+        }
         let (acceptor, app, dirs, server) = (
             acceptor.clone(),
             app.clone(),

@@ -99,9 +99,48 @@ pub fn host_cache_from_env() -> Option<PathBuf> {
     )
 }
 
+/// Remove the work folders in `dir` named `PREFIX...-PID` (for each of `prefixes`) whose
+/// process has ended: a berth killed while it built, imported or received something, which
+/// that process can no longer finish or clean up.
+pub(crate) fn sweep_work(dir: &Path, prefixes: &[&str]) {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in rd.filter_map(|e| e.ok()) {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !prefixes.iter().any(|p| name.starts_with(p)) {
+            continue;
+        }
+        let pid = name
+            .rsplit_once('-')
+            .and_then(|(_, p)| p.parse::<u32>().ok());
+        if let Some(pid) = pid {
+            if !Path::new(&format!("/proc/{pid}")).exists() {
+                tracing::info!(folder = %e.path().display(), "removing what an ended berth left");
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_work_folders_of_ended_processes_are_swept() {
+        let d = tempfile::tempdir().unwrap();
+        let mine = d.path().join(format!(".receive-1a-{}", std::process::id()));
+        // A pid above any kernel's pid_max.
+        let gone = d.path().join(".receive-1b-4294967295");
+        let other = d.path().join("web-4294967295");
+        for f in [&mine, &gone, &other] {
+            std::fs::create_dir(f).unwrap();
+        }
+        sweep_work(d.path(), &[".receive-"]);
+        assert!(mine.exists() && other.exists());
+        assert!(!gone.exists());
+    }
 
     fn env<'a>(pairs: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
         move |k| {

@@ -278,6 +278,26 @@ pub fn client_config(
     Ok(c)
 }
 
+/// How long a connection between hosts may go without its peer acknowledging what was sent, or
+/// answering keepalive probes while idle, before it is given up: a cut link (`ip link set
+/// down`, a peer that lost power) fails a transfer after this long instead of hanging it.
+pub const LINK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Make a TCP connection to or from another host fail when its link dies (see
+/// [`LINK_TIMEOUT`]): keepalive probes while it is idle, `TCP_USER_TIMEOUT` while data waits
+/// to be acknowledged. TLS runs over it unchanged.
+pub fn watch_link(tcp: &impl std::os::fd::AsFd) -> std::io::Result<()> {
+    let s = socket2::SockRef::from(tcp);
+    let probe = LINK_TIMEOUT / 6;
+    s.set_tcp_keepalive(
+        &socket2::TcpKeepalive::new()
+            .with_time(probe * 3)
+            .with_interval(probe)
+            .with_retries(3),
+    )?;
+    s.set_tcp_user_timeout(Some(LINK_TIMEOUT))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

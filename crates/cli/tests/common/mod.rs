@@ -449,6 +449,8 @@ pub struct SecondHost {
     pub netns: String,
     /// Where its daemon listens (`10.251.N.2:8443`).
     pub address: String,
+    /// This host's end of the veth pair to it.
+    pub link: String,
     daemon: Option<std::process::Child>,
 }
 
@@ -508,6 +510,7 @@ impl SecondHost {
             dir,
             netns,
             address: format!("10.251.{n}.2:8443"),
+            link: here,
             daemon: None,
         };
         h.start_daemon();

@@ -2,12 +2,11 @@
 //! export, streamed; the receipt of such an archive as an instance (received first, then an
 //! operation); a move's steps.
 
-use super::images::streamed;
+use super::images::{streamed, taken, work_dir};
 use super::*;
 use axum::body::Body;
 use berth_api::InstanceMove;
 use berth_host::vms::transfer::Identity;
-use futures_util::StreamExt;
 
 #[utoipa::path(get, path = "/1.0/instances/{name}/export", tag = "instances", params(("name" = String, Path, description = "The instance: a stopped VM, or for a move one that departs"), ("move" = Option<bool>, Query, description = "`true`: the export of a move (after its `depart` step), which also carries the guest's own SSH key `id_ed25519`")),
     description = "The instance as it travels to another host: an uncompressed tar of `instance.json` (its settings, machine-id, user-data and its image's fingerprint, without what belongs to this host), `disk.qcow2`, its overlay on the image, and for a move `id_ed25519` (what `PUT /1.0/instances/{name}` takes). A failure on the way cuts the body short.",
@@ -102,30 +101,17 @@ pub(super) async fn instance_receive(
         Ok(v) => v,
         Err(e) => return answer_error(e),
     };
-    let upload = host.dirs.root.join("instances").join(format!(
-        ".receive-{}-{}",
-        uuid::Uuid::new_v4().simple(),
-        std::process::id()
-    ));
+    let upload = work_dir(&host.dirs.root.join("instances"), ".receive");
     let job = Job::InstanceReceive {
         name: n.clone(),
         upload: upload.clone(),
         identity,
     };
     let (dirs, dir) = (host.dirs.clone(), upload.clone());
-    let stream = body
-        .into_data_stream()
-        .map(|r| r.map_err(std::io::Error::other));
-    let mut input = tokio_util::io::SyncIoBridge::new(tokio_util::io::StreamReader::new(stream));
-    let received = tokio::task::spawn_blocking(move || {
-        Executor::open(&dirs)?.instance_take(&n, &mut input, &dir, identity)
+    let received = taken(body, "the instance", move |input| {
+        Executor::open(&dirs)?.instance_take(&n, input, &dir, identity)
     })
-    .await
-    .unwrap_or_else(|e| {
-        Err(Error::internal(format!(
-            "receiving the instance failed: {e}"
-        )))
-    });
+    .await;
     match received {
         Ok(()) => in_worker(host, job).await,
         Err(e) => answer_error(e),

@@ -70,11 +70,7 @@ pub(super) async fn import(
         Ok(n) => n,
         Err(e) => return answer_error(e),
     };
-    let upload = host.dirs.images().join(format!(
-        ".upload-{}-{}",
-        uuid::Uuid::new_v4().simple(),
-        std::process::id()
-    ));
+    let upload = work_dir(&host.dirs.images(), ".upload");
     let job = Job::ImageImport {
         name: n.clone(),
         upload: upload.clone(),
@@ -91,16 +87,11 @@ pub(super) async fn import(
     if let Err(e) = pre {
         return answer_error(e);
     }
-    let stream = body
-        .into_data_stream()
-        .map(|r| r.map_err(std::io::Error::other));
-    let mut input = tokio_util::io::SyncIoBridge::new(tokio_util::io::StreamReader::new(stream));
     let dir = upload.clone();
-    let received = tokio::task::spawn_blocking(move || {
-        berth_host::images::archive::receive(&mut input, &dir, UPLOAD_MAX)
+    let received = taken(body, "the image", move |input| {
+        berth_host::images::archive::receive(input, &dir, UPLOAD_MAX)
     })
-    .await
-    .unwrap_or_else(|e| Err(Error::internal(format!("receiving the image failed: {e}"))));
+    .await;
     match received {
         Ok(received) => {
             let from = match received {
@@ -156,6 +147,32 @@ pub(super) async fn export(State(host): State<Host>, Path(raw): Path<String>) ->
 /// A response body that `write` makes on a blocking thread with an executor of its own, once
 /// `check` has passed (else its error, as an envelope). A failure on the way cuts the body
 /// short with an error, so that the client does not take a short archive for the whole one.
+/// A new work folder's path in `parent` for a request's upload: `PREFIX-ID-PID`, so that one
+/// this daemon left when it was killed is swept later (`berth_host`'s sweeps).
+pub(super) fn work_dir(parent: &std::path::Path, prefix: &str) -> std::path::PathBuf {
+    parent.join(format!(
+        "{prefix}-{}-{}",
+        uuid::Uuid::new_v4().simple(),
+        std::process::id()
+    ))
+}
+
+/// A request's streamed body, read by `take` off the async runtime (`what` names it when that
+/// fails).
+pub(super) async fn taken<T: Send + 'static>(
+    body: Body,
+    what: &'static str,
+    take: impl FnOnce(&mut dyn std::io::Read) -> Result<T, Error> + Send + 'static,
+) -> Result<T, Error> {
+    let stream = body
+        .into_data_stream()
+        .map(|r| r.map_err(std::io::Error::other));
+    let mut input = tokio_util::io::SyncIoBridge::new(tokio_util::io::StreamReader::new(stream));
+    tokio::task::spawn_blocking(move || take(&mut input))
+        .await
+        .unwrap_or_else(|e| Err(Error::internal(format!("receiving {what} failed: {e}"))))
+}
+
 pub(super) async fn streamed(
     dirs: Dirs,
     check: impl FnOnce(&Executor) -> Result<(), Error> + Send + 'static,

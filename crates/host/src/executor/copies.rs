@@ -90,7 +90,7 @@ impl Executor {
         let parent = work.parent().unwrap_or(work);
         std::fs::create_dir_all(parent)
             .map_err(|e| Error::internal(format!("making {}: {e}", parent.display())))?;
-        sweep_receipts(parent);
+        crate::dirs::sweep_work(parent, &[".receive-"]);
         let check = |a: &crate::vms::archive::VmArchive| self.vms.can_take(a, identity);
         transfer::receive(input, work, crate::images::archive::UPLOAD_MAX, &check)
             .map(drop)
@@ -181,46 +181,5 @@ impl Executor {
         }
         p.emit(EventKind::Lifecycle, "created");
         self.info(name)
-    }
-}
-
-/// Remove the work folders (`.receive-ID-PID`) in `dir` of receipts whose process has ended
-/// (a berth killed while it took an archive in): that process cannot finish them.
-fn sweep_receipts(dir: &Path) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for e in entries.flatten() {
-        let name = e.file_name();
-        let Some(pid) = name
-            .to_str()
-            .and_then(|n| n.strip_prefix(".receive-"))
-            .and_then(|n| n.rsplit_once('-'))
-            .and_then(|(_, pid)| pid.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        if !Path::new(&format!("/proc/{pid}")).exists() {
-            tracing::info!(folder = %e.path().display(), "removing a receipt its process left");
-            let _ = std::fs::remove_dir_all(e.path());
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn only_receipts_of_ended_processes_are_swept() {
-        let d = tempfile::tempdir().unwrap();
-        let mine = d.path().join(format!(".receive-1a-{}", std::process::id()));
-        // A pid above any kernel's pid_max.
-        let gone = d.path().join(".receive-1b-4294967295");
-        let other = d.path().join("web");
-        for f in [&mine, &gone, &other] {
-            std::fs::create_dir(f).unwrap();
-        }
-        super::sweep_receipts(d.path());
-        assert!(mine.exists() && other.exists());
-        assert!(!gone.exists());
     }
 }

@@ -262,23 +262,10 @@ impl Store {
     /// Remove the work folders (`.build-NAME-PID`, `.import-NAME-PID`, `.upload-ID-PID`) of
     /// processes that are gone: a build or import killed before it could clean up.
     pub fn sweep(&self) {
-        let Ok(rd) = std::fs::read_dir(&self.dir) else {
-            return;
-        };
-        for e in rd.filter_map(|e| e.ok()) {
-            let name = e.file_name().to_string_lossy().into_owned();
-            let work = [".build-", ".import-", ".upload-", ".rm-", ".old-"]
-                .iter()
-                .any(|p| name.starts_with(p));
-            let pid = name
-                .rsplit_once('-')
-                .and_then(|(_, p)| p.parse::<u32>().ok());
-            if let (true, Some(pid)) = (work, pid) {
-                if !Path::new(&format!("/proc/{pid}")).exists() {
-                    let _ = std::fs::remove_dir_all(e.path());
-                }
-            }
-        }
+        crate::dirs::sweep_work(
+            &self.dir,
+            &[".build-", ".import-", ".upload-", ".rm-", ".old-"],
+        );
     }
 
     /// Remove an image.
