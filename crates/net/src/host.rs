@@ -109,6 +109,15 @@ fn run_input(program: &str, args: &[String], input: Option<&str>) -> Result<Stri
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// A command's result, with "File exists" (`EEXIST`: the link or address is there) taken as
+/// done.
+fn already(r: Result<String, NetError>) -> Result<(), NetError> {
+    match r {
+        Err(NetError::Command { stderr, .. }) if stderr.contains("File exists") => Ok(()),
+        r => r.map(drop),
+    }
+}
+
 fn has(program: &str) -> bool {
     std::env::var_os("PATH")
         .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file()))
@@ -151,11 +160,13 @@ impl Host {
     pub fn ensure_bridge(&self) -> Result<(), NetError> {
         if !self.bridge_up() {
             let b = &self.bridge;
-            run("ip", &s(&["link", "add", &b.name, "type", "bridge"]))?;
-            run(
+            // Made meanwhile by a berth that does not share this one's lock (another mount
+            // namespace's /run, an older berth): what exists is what is wanted.
+            already(run("ip", &s(&["link", "add", &b.name, "type", "bridge"])))?;
+            already(run(
                 "ip",
                 &s(&["addr", "add", &format!("{}/24", b.gateway), "dev", &b.name]),
-            )?;
+            ))?;
             run("ip", &s(&["link", "set", &b.name, "up"]))?;
         }
         enable_forwarding()?;
