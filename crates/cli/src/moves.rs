@@ -59,7 +59,7 @@ impl Ends {
         )
     }
 
-    /// The instance at the target, if it is there: arriving (`Some(true)`) or not.
+    /// The instance at the target, if it is there.
     fn at_target(&self) -> Result<Option<Instance>> {
         match self.dst.info(&self.name) {
             Ok(i) => Ok(Some(i)),

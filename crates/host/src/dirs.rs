@@ -99,6 +99,18 @@ pub fn host_cache_from_env() -> Option<PathBuf> {
     )
 }
 
+/// A new work folder's path in `parent`: `PREFIX-ID-PID`, unique in this process (the time and
+/// a count), named so that [`sweep_work`] removes it once this process has ended without
+/// finishing it.
+pub fn work_dir(parent: &Path, prefix: &str) -> PathBuf {
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    parent.join(format!("{prefix}-{nanos:x}{seq:x}-{}", std::process::id()))
+}
+
 /// Remove the work folders in `dir` named `PREFIX...-PID` (for each of `prefixes`) whose
 /// process has ended: a berth killed while it built, imported or received something, which
 /// that process can no longer finish or clean up.
@@ -130,7 +142,8 @@ mod tests {
     #[test]
     fn only_work_folders_of_ended_processes_are_swept() {
         let d = tempfile::tempdir().unwrap();
-        let mine = d.path().join(format!(".receive-1a-{}", std::process::id()));
+        let mine = work_dir(d.path(), ".receive");
+        assert_ne!(mine, work_dir(d.path(), ".receive"));
         // A pid above any kernel's pid_max.
         let gone = d.path().join(".receive-1b-4294967295");
         let other = d.path().join("web-4294967295");

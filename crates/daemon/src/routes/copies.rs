@@ -2,7 +2,7 @@
 //! export, streamed; the receipt of such an archive as an instance (received first, then an
 //! operation); a move's steps.
 
-use super::images::{streamed, taken, work_dir};
+use super::images::{streamed, taken};
 use super::*;
 use axum::body::Body;
 use berth_api::InstanceMove;
@@ -101,7 +101,7 @@ pub(super) async fn instance_receive(
         Ok(v) => v,
         Err(e) => return answer_error(e),
     };
-    let upload = work_dir(&host.dirs.root.join("instances"), ".receive");
+    let upload = berth_host::dirs::work_dir(&host.dirs.root.join("instances"), ".receive");
     let job = Job::InstanceReceive {
         name: n.clone(),
         upload: upload.clone(),

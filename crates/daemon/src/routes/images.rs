@@ -70,7 +70,7 @@ pub(super) async fn import(
         Ok(n) => n,
         Err(e) => return answer_error(e),
     };
-    let upload = work_dir(&host.dirs.images(), ".upload");
+    let upload = berth_host::dirs::work_dir(&host.dirs.images(), ".upload");
     let job = Job::ImageImport {
         name: n.clone(),
         upload: upload.clone(),
@@ -144,19 +144,6 @@ pub(super) async fn export(State(host): State<Host>, Path(raw): Path<String>) ->
     }
 }
 
-/// A response body that `write` makes on a blocking thread with an executor of its own, once
-/// `check` has passed (else its error, as an envelope). A failure on the way cuts the body
-/// short with an error, so that the client does not take a short archive for the whole one.
-/// A new work folder's path in `parent` for a request's upload: `PREFIX-ID-PID`, so that one
-/// this daemon left when it was killed is swept later (`berth_host`'s sweeps).
-pub(super) fn work_dir(parent: &std::path::Path, prefix: &str) -> std::path::PathBuf {
-    parent.join(format!(
-        "{prefix}-{}-{}",
-        uuid::Uuid::new_v4().simple(),
-        std::process::id()
-    ))
-}
-
 /// A request's streamed body, read by `take` off the async runtime (`what` names it when that
 /// fails).
 pub(super) async fn taken<T: Send + 'static>(
@@ -173,6 +160,9 @@ pub(super) async fn taken<T: Send + 'static>(
         .unwrap_or_else(|e| Err(Error::internal(format!("receiving {what} failed: {e}"))))
 }
 
+/// A response body that `write` makes on a blocking thread with an executor of its own, once
+/// `check` has passed (else its error, as an envelope). A failure on the way cuts the body
+/// short with an error, so that the client does not take a short archive for the whole one.
 pub(super) async fn streamed(
     dirs: Dirs,
     check: impl FnOnce(&Executor) -> Result<(), Error> + Send + 'static,

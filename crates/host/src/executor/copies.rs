@@ -106,20 +106,9 @@ impl Executor {
         identity: Identity,
         events: &mut dyn FnMut(Event),
     ) -> Result<Instance, Error> {
-        let work = self.receive_dir();
+        let work = crate::dirs::work_dir(&self.dirs.root.join("instances"), ".receive");
         self.instance_take(name, input, &work, identity)?;
         self.instance_upload(name, &work, identity, events)
-    }
-
-    /// A new folder name for an archive on its way in, beside the instances' folders.
-    pub fn receive_dir(&self) -> std::path::PathBuf {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos());
-        self.dirs
-            .root
-            .join("instances")
-            .join(format!(".receive-{nanos:x}-{}", std::process::id()))
     }
 
     /// Install the archive received into `work` as instance `name`: stopped (a copy) or

@@ -241,12 +241,7 @@ impl Executor {
         }
         std::fs::create_dir_all(&store.dir)
             .map_err(|e| Error::internal(format!("making {}: {e}", store.dir.display())))?;
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos());
-        let upload = store
-            .dir
-            .join(format!(".upload-{nanos:x}-{}", std::process::id()));
+        let upload = crate::dirs::work_dir(&store.dir, ".upload");
         let from = match archive::receive(input, &upload, archive::UPLOAD_MAX)? {
             Received::Disk(files) => files.from,
             Received::Image => String::new(),
