@@ -395,7 +395,7 @@ fn an_overlay_upper_layer_unpacked_elsewhere_shows_the_same_merged_tree() {
     std::fs::create_dir(p("merged/d")).unwrap();
     std::fs::write(p("merged/d/z"), "z").unwrap();
     let before = names(&p("merged"));
-    rustix::mount::unmount(&p("merged"), rustix::mount::UnmountFlags::empty()).unwrap();
+    rustix::mount::unmount(p("merged"), rustix::mount::UnmountFlags::empty()).unwrap();
     let t = packed(&p("upper"), "upper", None);
     std::fs::create_dir(p("upper2")).unwrap();
     let mut u = Unpacker::new(&p("upper2"), Path::new("upper"), None, false, LIMITS).unwrap();
@@ -405,7 +405,7 @@ fn an_overlay_upper_layer_unpacked_elsewhere_shows_the_same_merged_tree() {
     u.finish().unwrap();
     mount_overlay(&p("lower"), &p("upper2"), &p("work2"), &p("merged2"));
     let after = names(&p("merged2"));
-    rustix::mount::unmount(&p("merged2"), rustix::mount::UnmountFlags::empty()).unwrap();
+    rustix::mount::unmount(p("merged2"), rustix::mount::UnmountFlags::empty()).unwrap();
     assert_eq!(before, after);
     assert!(after.contains(&"d/z".to_string()) && !after.contains(&"a/x".to_string()));
     assert!(!after.iter().any(|n| n.starts_with("d/deep")), "{after:?}");
